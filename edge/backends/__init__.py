@@ -1,0 +1,19 @@
+"""Inference backends, chosen by name. Each is a `Runner` (see base.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.backends.base import BackendError, Runner, TensorSpec
+
+BACKENDS = ("onnxruntime",)
+
+
+def open_runner(backend: str, model_path: str | Path, threads: int | None = None) -> Runner:
+    """Open `model_path` on the named backend."""
+    if backend == "onnxruntime":
+        from edge.backends.onnxruntime import OrtRunner
+        return OrtRunner(model_path, threads=threads)
+    raise BackendError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "BackendError", "Runner", "TensorSpec", "open_runner"]

@@ -1,0 +1,124 @@
+"""The counting path for one field: tiles -> detection -> stitching -> crops -> classification.
+
+    counter = CellCounter(load_bundle(path))
+    result = counter.count_field(image_bgr)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge.backends import BackendError, Runner, open_runner
+from edge.bundle import Bundle, BundleError, ModelSpec
+from edge.crops import crop_cells
+from edge.decision import Decisions, RejectRule
+from edge.frames import as_bgr8
+from edge.preprocess import to_model_input
+from edge.tiling import cut_tiles, make_grid, stitch
+
+CLASSIFIER_BATCH = 64
+
+
+@dataclass
+class FieldResult:
+    """Every cell found in one field; arrays share the cell index."""
+
+    boxes: np.ndarray         # (N, 4) float32 frame pixels, xyxy
+    detection_scores: np.ndarray  # (N,)
+    class_scores: np.ndarray  # (N, C): D for a CCL head, probabilities for softmax
+    decisions: Decisions
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+class CellCounter:
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", threads: int | None = None):
+        self.bundle = bundle
+        self.detector = _open_checked(bundle, bundle.detector, backend, threads, None)
+        self.classifier = _open_checked(bundle, bundle.classifier, backend, threads,
+                                        len(bundle.class_names))
+        self.rule = RejectRule(bundle)
+
+    def close(self) -> None:
+        self.detector.close()
+        self.classifier.close()
+
+    def __enter__(self) -> "CellCounter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (N, 4) in frame pixels and their scores, each cell once."""
+        tiling, spec = self.bundle.tiling, self.bundle.detector
+        scaled = image
+        if tiling.scale != 1.0:
+            scaled = cv2.resize(image, None, fx=tiling.scale, fy=tiling.scale,
+                                interpolation=cv2.INTER_AREA)
+        h, w = scaled.shape[:2]
+        grid = make_grid(w, h, tiling.tile_size, tiling.overlap)
+        tiles = to_model_input(cut_tiles(scaled, grid), None, spec.normalisation)
+        out = run_batched(self.detector, spec, tiles, len(tiles))
+        boxes, scores = stitch(out["boxes"], out["scores"], grid, tiling.score_threshold)
+        return boxes / np.float32(tiling.scale), scores
+
+    def classify(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(N, C) class scores for the cells in `boxes`."""
+        spec = self.bundle.classifier
+        crops = crop_cells(image, boxes, spec.input_hw[0], self.bundle.tiling.crop_context)
+        x = to_model_input(crops, None, spec.normalisation)
+        return run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]]
+
+    def count_field(self, image: np.ndarray) -> FieldResult:
+        image = as_bgr8(image)
+        boxes, det_scores = self.detect(image)
+        scores = self.classify(image, boxes) if len(boxes) else np.zeros(
+            (0, len(self.bundle.class_names)), dtype=np.float32)
+        return FieldResult(boxes, det_scores, scores, self.rule.decide(scores))
+
+
+def run_batched(runner: Runner, spec: ModelSpec, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """Run `x` in chunks the model accepts; a static-batch model gets padded chunks."""
+    fixed = spec.input_shape[0] if spec.input_shape[0] > 0 else None
+    step = fixed or max(1, batch)
+    if len(x) == 0:
+        raise ValueError("nothing to run")
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n,) + chunk.shape[1:], chunk.dtype)])
+        out = runner.infer({spec.input_name: chunk})
+        parts.append({k: v[:n] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _open_checked(bundle: Bundle, spec: ModelSpec, backend: str, threads: int | None,
+                  classes: int | None) -> Runner:
+    """Open a model and check that it is the model the manifest describes."""
+    path = bundle.model_path(spec)
+    try:
+        runner = open_runner(backend, path, threads)
+    except BackendError as exc:
+        raise BundleError(str(exc)) from None
+    inputs = {t.name: t for t in runner.inputs}
+    if spec.input_name not in inputs:
+        raise BundleError(f"{spec.file} has no input {spec.input_name!r} (it has {', '.join(inputs)})")
+    actual = inputs[spec.input_name].shape
+    expected = spec.input_shape
+    if len(actual) != 4 or any(a is not None and e > 0 and a != e for a, e in zip(actual, expected)):
+        raise BundleError(f"{spec.file} takes input of shape {actual}, the manifest says {list(expected)}")
+    outputs = {t.name: t for t in runner.outputs}
+    missing = [o for o in spec.outputs if o not in outputs]
+    if missing:
+        raise BundleError(f"{spec.file} lacks the outputs {missing} named in the manifest")
+    if classes is not None:
+        width = outputs[spec.outputs[0]].shape[-1]
+        if width is not None and width != classes:
+            raise BundleError(f"{spec.file} outputs {width} classes but the manifest names {classes}")
+    return runner

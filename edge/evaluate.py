@@ -1,0 +1,118 @@
+"""`edge eval classify` and `edge eval detect`: a bundle measured exactly as the device runs it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.metrics import reject_metrics
+from edge.bundle import load_bundle
+from edge.detection_data import load_detection_dataset, select_classes
+from edge.detection_metrics import Prediction, Truth, evaluate_detection
+from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
+from edge.frames import FrameError, as_bgr8
+from edge.preprocess import to_model_input
+from edge.sources import IMAGE_SUFFIXES
+
+log = logging.getLogger("edge.eval")
+
+
+def read_class_folders(data: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
+    """Image paths and bundle class indices from a folder per class (a subset of the bundle's)."""
+    if not data.is_dir():
+        raise ValueError(f"data folder {data} does not exist")
+    folders = sorted(p for p in data.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{data} has no class folders")
+    unknown = [f.name for f in folders if f.name not in class_names]
+    if unknown:
+        raise ValueError(f"class folders {unknown} are not classes of the bundle; "
+                         f"known: {', '.join(class_names)}")
+    paths, labels = [], []
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [class_names.index(folder.name)] * len(files)
+    if not paths:
+        raise ValueError(f"no images under {data}")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxruntime",
+                        threads: int | None = None) -> dict:
+    """Accuracy and reject-option figures of the bundle's classifier on single-cell images.
+
+    Each image is taken as a whole to be one cell's crop.
+    """
+    bundle = load_bundle(bundle_path)
+    paths, labels = read_class_folders(data, bundle.class_names)
+    counter = CellCounter(bundle, backend=backend, threads=threads)
+    spec = bundle.classifier
+    scores, kept = [], []
+    for start in range(0, len(paths), CLASSIFIER_BATCH):
+        batch, idx = [], []
+        for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
+            try:
+                image = as_bgr8(cv2.imread(str(paths[i]), cv2.IMREAD_UNCHANGED))
+            except FrameError as exc:
+                log.warning("skipped %s: %s", paths[i], exc)
+                continue
+            batch.append(cv2.resize(image, spec.input_hw[::-1], interpolation=cv2.INTER_AREA))
+            idx.append(i)
+        if batch:
+            x = to_model_input(np.stack(batch), None, spec.normalisation)
+            scores.append(run_batched(counter.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]])
+            kept += idx
+    counter.close()
+    if not kept:
+        raise ValueError(f"no readable images under {data}")
+    scores_all = np.concatenate(scores)
+    labels = labels[kept]
+    decisions = counter.rule.decide(scores_all)
+    # Per-class thresholds become one threshold of 0 on the margin over each cell's own threshold.
+    metrics = reject_metrics(decisions.confidence - decisions.threshold, decisions.predicted, labels, 0.0,
+                             num_classes=len(bundle.class_names))
+    report = metrics.to_dict()
+    present = sorted(set(labels.tolist()))
+    return {
+        "n": report["n"],
+        "accuracy": report["accuracy"],
+        "rejection_rate": report["rejection_rate"],
+        "accepted_accuracy": report["accepted_accuracy"],
+        "reliability": report["reliability"],
+        "threshold": bundle.thresholds.global_threshold,
+        "per_class_thresholds": bundle.thresholds.per_class,
+        "target_accuracy": bundle.thresholds.target_accuracy,
+        "skipped_images": len(paths) - len(kept),
+        "per_class": {bundle.class_names[c]: _without_threshold(report["per_class"][c]) for c in present},
+        "bundle": str(bundle.root),
+    }
+
+
+def _without_threshold(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("threshold", "per_class")}
+
+
+def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str],
+                      split: str | None = None, backend: str = "onnxruntime",
+                      threads: int | None = None) -> dict:
+    """Detection and counting figures of the bundle's tiled detector on annotated fields."""
+    bundle = load_bundle(bundle_path)
+    dataset = select_classes(load_detection_dataset(data, fmt, split=split), classes)
+    if len(dataset) == 0:
+        raise ValueError(f"no images in {data}" + (f" split {split}" if split else ""))
+    counter = CellCounter(bundle, backend=backend, threads=threads)
+    preds, truths = [], []
+    for sample in dataset:
+        image = as_bgr8(cv2.imread(str(sample.image_path), cv2.IMREAD_UNCHANGED))
+        boxes, scores = counter.detect(image)
+        preds.append(Prediction(boxes, scores))
+        truths.append(Truth(sample.boxes, sample.difficult))
+    counter.close()
+    # Every stitched detection already passed the bundle's score threshold: count them all.
+    report = evaluate_detection(preds, truths, score_threshold=bundle.tiling.score_threshold)
+    report["classes"] = classes
+    report["bundle"] = str(bundle.root)
+    return report
