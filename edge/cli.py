@@ -32,9 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"edge: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:  # BundleError, SourceError, DatasetError, ... are ValueErrors
+    except _user_errors() as exc:
         print(f"edge: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe a user's mistake or a bad input, not a bug: one line, no traceback."""
+    from edge.bundle import BundleError
+    from edge.detection_data import DatasetError
+    from edge.evaluate import EvalDataError
+    from edge.session import SessionError
+    from edge.sources import SourceError
+    return (BundleError, DatasetError, EvalDataError, SessionError, SourceError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:

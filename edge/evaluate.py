@@ -19,16 +19,20 @@ from edge.sources import IMAGE_SUFFIXES
 log = logging.getLogger("edge.eval")
 
 
+class EvalDataError(ValueError):
+    """An evaluation data folder that cannot be used."""
+
+
 def read_class_folders(data: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
     """Image paths and bundle class indices from a folder per class (a subset of the bundle's)."""
     if not data.is_dir():
-        raise ValueError(f"data folder {data} does not exist")
+        raise EvalDataError(f"data folder {data} does not exist")
     folders = sorted(p for p in data.iterdir() if p.is_dir())
     if not folders:
-        raise ValueError(f"{data} has no class folders")
+        raise EvalDataError(f"{data} has no class folders")
     unknown = [f.name for f in folders if f.name not in class_names]
     if unknown:
-        raise ValueError(f"class folders {unknown} are not classes of the bundle; "
+        raise EvalDataError(f"class folders {unknown} are not classes of the bundle; "
                          f"known: {', '.join(class_names)}")
     paths, labels = [], []
     for folder in folders:
@@ -36,7 +40,7 @@ def read_class_folders(data: Path, class_names: tuple[str, ...]) -> tuple[list[P
         paths += files
         labels += [class_names.index(folder.name)] * len(files)
     if not paths:
-        raise ValueError(f"no images under {data}")
+        raise EvalDataError(f"no images under {data}")
     return paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -67,7 +71,7 @@ def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxrunti
             kept += idx
     counter.close()
     if not kept:
-        raise ValueError(f"no readable images under {data}")
+        raise EvalDataError(f"no readable images under {data}")
     scores_all = np.concatenate(scores)
     labels = labels[kept]
     decisions = counter.rule.decide(scores_all)
@@ -102,11 +106,14 @@ def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str
     bundle = load_bundle(bundle_path)
     dataset = select_classes(load_detection_dataset(data, fmt, split=split), classes)
     if len(dataset) == 0:
-        raise ValueError(f"no images in {data}" + (f" split {split}" if split else ""))
+        raise EvalDataError(f"no images in {data}" + (f" split {split}" if split else ""))
     counter = CellCounter(bundle, backend=backend, threads=threads)
     preds, truths = [], []
     for sample in dataset:
-        image = as_bgr8(cv2.imread(str(sample.image_path), cv2.IMREAD_UNCHANGED))
+        try:
+            image = as_bgr8(cv2.imread(str(sample.image_path), cv2.IMREAD_UNCHANGED))
+        except FrameError as exc:
+            raise EvalDataError(f"{sample.image_path}: {exc}") from None
         boxes, scores = counter.detect(image)
         preds.append(Prediction(boxes, scores))
         truths.append(Truth(sample.boxes, sample.difficult))

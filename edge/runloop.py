@@ -16,8 +16,9 @@ log = logging.getLogger("edge.run")
 
 
 def run_session(bundle_path: Path, source_spec: str, out_dir: Path | None, backend: str = "onnxruntime",
-                threads: int | None = None, max_frames: int | None = None, live=sys.stdout) -> dict:
+                threads: int | None = None, max_frames: int | None = None, live=None) -> dict:
     """Count every frame of the source into a session folder; return the results dict."""
+    live = live or sys.stdout
     bundle = load_bundle(bundle_path)
     source = open_source(source_spec)
     counter = CellCounter(bundle, backend=backend, threads=threads)
