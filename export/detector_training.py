@@ -43,7 +43,8 @@ Sample = tuple[np.ndarray, np.ndarray]  # (image BGR uint8 (H, W, 3), boxes (N, 
 __all__ = [
     "SampleSource", "SyntheticSource", "PairSource", "DetectionDatasetSource", "cut_tile",
     "gaussian_radius", "encode_targets", "detector_loss", "TileDataset",
-    "make_tiles", "train_detector", "predict_tiles", "evaluate_detector", "box_iou",
+    "make_tiles", "collate_tiles", "train_detector", "predict_tiles", "evaluate_detector",
+    "box_iou",
 ]
 
 
@@ -382,7 +383,8 @@ def evaluate_detector(model: torch.nn.Module, samples: Sequence[Sample],
 
 # ---------------------------------------------------------------- training
 
-def _collate(batch):
+def collate_tiles(batch):
+    """Stack (image, targets) items into (images (B, 3, T, T), targets of (B, ...) tensors)."""
     xs, ts = zip(*batch)
     return torch.stack(xs), {k: torch.stack([t[k] for t in ts]) for k in ts[0]}
 
@@ -440,7 +442,7 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
     for epoch in range(start_epoch, epochs):
         ds.epoch = epoch
         loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=_collate, persistent_workers=False)
+                            collate_fn=collate_tiles, persistent_workers=False)
         model.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()

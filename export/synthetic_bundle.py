@@ -35,13 +35,14 @@ class SyntheticBundleRecipe:
     classifier_arch: str = "crossformer_tiny_test"
     crop_size: int = 64
     crop_context: float = 1.3
-    classifier_epochs: int = 8
+    classifier_epochs: int = 10
+    classifier_lr: float = 1e-3  # from scratch; the paper's 1e-4 assumes pretrained weights
     n_train: int = 6000
     n_calibration: int = 2000
     n_validation: int = 2000
     detector_arch: str = "detector_tiny_test"
     tile_size: int = 256
-    detector_epochs: int = 8
+    detector_epochs: int = 12
     detector_steps: int = 60
     detector_batch: int = 16
     max_detections: int = 100
@@ -99,7 +100,7 @@ def _make_classifier(path: Path, r: SyntheticBundleRecipe, norm: Normalisation, 
     val_x, val_y = synthetic_cell_crops(r.n_validation, r.crop_size, r.crop_context, seed=r.seed + 3)
     model = build_classifier(r.classifier_arch, r.crop_size, len(DEFAULT_CLASSES), head="ccl")
     history = train_classifier(model, train_x, train_y,
-                               ClassifierTrainConfig(epochs=r.classifier_epochs, lr=1e-3, seed=r.seed),
+                               ClassifierTrainConfig(epochs=r.classifier_epochs, lr=r.classifier_lr, seed=r.seed),
                                norm, checkpoint_dir=work / "classifier")
     model.eval()
     export_onnx(model, r.crop_size, path, output_name="scores")

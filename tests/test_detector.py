@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.detector_training import (  # noqa: E402
-    PairSource, SyntheticSource, TileDataset, cut_tile, detector_loss, encode_targets,
-    evaluate_detector, train_detector,
+    PairSource, SyntheticSource, TileDataset, collate_tiles, cut_tile, detector_loss,
+    encode_targets, evaluate_detector, train_detector,
 )
 from export.models.detector import (  # noqa: E402
     DETECTOR_CONFIGS, DecodedDetector, build_detector, decode_heads,
@@ -205,13 +205,22 @@ def _small_synthetic_source():
 
 def test_short_training_reduces_loss_and_resumes(tmp_path):
     source = _small_synthetic_source()
+    x, t = collate_tiles(list(TileDataset(source, TILE, 16, seed=99)))  # held-out batch
+
+    def held_out_loss(m):
+        m.train()  # batch statistics, as during training
+        with torch.no_grad():
+            return detector_loss(m(x), t)[0].item()
+
     torch.manual_seed(0)
     model = build_detector("detector_tiny_test")
+    before = held_out_loss(model)
     hist = train_detector(model, tile_size=TILE, epochs=3, steps_per_epoch=8, batch_size=8,
                           seed=0, lr=5e-3, warmup_steps=5, source=source, ckpt_dir=tmp_path,
                           log=None, progress=False)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"]
+    assert held_out_loss(model) < 0.9 * before
     assert (tmp_path / "last.pt").exists()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 3 and state["config_name"] == "detector_tiny_test"
