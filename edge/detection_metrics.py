@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edge.boxes import box_iou
+
 IOU_THRESHOLDS = np.round(np.arange(0.50, 0.951, 0.05), 2)  # 0.50, 0.55, ..., 0.95
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 TP, FP, IGNORED = 1, 0, -1
@@ -45,17 +47,6 @@ class Truth(NamedTuple):
 
     boxes: np.ndarray
     difficult: np.ndarray
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (N, M) between xyxy boxes a (N, 4) and b (M, 4); 0 where union is 0."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0.0, None).prod(axis=2)
-    union = _area(a)[:, None] + _area(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def average_precision(preds: Sequence[Prediction], gts: Sequence[Truth],
@@ -100,10 +91,6 @@ def evaluate_detection(preds: Sequence[Prediction], gts: Sequence[Truth],
         "pred_boxes": int(pred_counts.sum()),
         "score_threshold": float(score_threshold),
     }
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2:] - boxes[:, :2], 0.0, None).prod(axis=1)
 
 
 def _ratio(num: int, den: int) -> float | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.boxes import box_iou
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -92,16 +94,6 @@ def stitch(boxes: np.ndarray, scores: np.ndarray, grid: TileGrid,
     kept[:, [0, 2]] = kept[:, [0, 2]].clip(0, w)
     kept[:, [1, 3]] = kept[:, [1, 3]].clip(0, h)
     return kept.astype(np.float32), kept_scores.astype(np.float32)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes (N, 4) and (M, 4), xyxy."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod((rb - lt).clip(min=0), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def _drop_cross_tile_duplicates(boxes: np.ndarray, scores: np.ndarray, tile_of: np.ndarray,

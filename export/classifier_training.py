@@ -94,7 +94,7 @@ def _step(model: CellClassifier, optimiser: torch.optim.Optimizer, x: torch.Tens
     if model.head_kind == "ccl":
         with torch.no_grad():
             model.head.update_centroids(model.features(x), y, config.gamma, config.beta, config.push_bound)
-    return float(loss), out.detach()
+    return loss.item(), out.detach()
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from edge.boxes import box_iou
 from edge.preprocess import Normalisation, to_model_input
 
 Sample = tuple[np.ndarray, np.ndarray]  # (image BGR uint8 (H, W, 3), boxes (N, 4) float32 xyxy)
@@ -44,7 +45,6 @@ __all__ = [
     "SampleSource", "SyntheticSource", "PairSource", "DetectionDatasetSource", "cut_tile",
     "gaussian_radius", "encode_targets", "detector_loss", "TileDataset",
     "make_tiles", "collate_tiles", "train_detector", "predict_tiles", "evaluate_detector",
-    "box_iou",
 ]
 
 
@@ -322,16 +322,6 @@ def make_tiles(source: SampleSource, n: int, tile_size: int, seed: int,
 
 
 # ---------------------------------------------------------------- evaluation
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of (N, 4) and (M, 4) xyxy boxes."""
-    a, b = np.asarray(a, np.float32).reshape(-1, 4), np.asarray(b, np.float32).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
 
 @torch.no_grad()
 def predict_tiles(model: torch.nn.Module, tiles: Sequence[np.ndarray], batch_size: int = 16,

@@ -1,0 +1,62 @@
+"""`edge eval classify|detect` on synthetic data sets written by `edge synth`."""
+import json
+
+import pytest
+
+from edge.cli import main
+
+CLASSIFY_KEYS = {"n", "accuracy", "rejection_rate", "accepted_accuracy", "reliability", "threshold", "per_class"}
+DETECT_KEYS = {"images", "ap50", "map50_95", "recall", "precision", "count_mae", "count_mape"}
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    out = tmp_path_factory.mktemp("crops")
+    assert main(["synth", "crops", "--out", str(out), "--per-class", "40", "--size", "96", "--seed", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fields")
+    assert main(["synth", "fields", "--out", str(out), "--count", "6", "--seed", "500"]) == 0
+    return out
+
+
+def test_eval_classify_reports_the_stable_keys(crops, tmp_path, capsys):
+    out = tmp_path / "classify.json"
+    assert main(["eval", "classify", "--data", str(crops), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert CLASSIFY_KEYS <= set(report)
+    assert report["n"] == 200 and set(report["per_class"]) == {p.name for p in crops.iterdir()}
+    assert report["accuracy"] > 0.8, "the default bundle's classifier learned the synthetic classes"
+    assert report["reliability"] == pytest.approx((1 - report["rejection_rate"]) * report["accepted_accuracy"])
+
+
+def test_eval_classify_subset_and_unknown_class(crops, tmp_path, capsys):
+    subset = tmp_path / "subset"
+    (subset / "lymphocyte").mkdir(parents=True)
+    for p in list((crops / "lymphocyte").iterdir())[:5]:
+        (subset / "lymphocyte" / p.name).write_bytes(p.read_bytes())
+    assert main(["eval", "classify", "--data", str(subset)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 5
+    (subset / "megakaryocyte").mkdir()
+    assert main(["eval", "classify", "--data", str(subset)]) == 2
+    err = capsys.readouterr().err
+    assert "megakaryocyte" in err and "known: neutrophil" in err
+
+
+def test_eval_detect_reports_the_stable_keys(fields, tmp_path, capsys):
+    out = tmp_path / "detect.json"
+    assert main(["eval", "detect", "--data", str(fields), "--format", "voc", "--classes", "cell",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert DETECT_KEYS <= set(report) and report["images"] == 6
+    assert report["ap50"] > 0.7 and report["recall"] > 0.7, "the default detector finds synthetic cells"
+    assert 0 <= report["map50_95"] <= report["ap50"]
+
+
+def test_eval_detect_unknown_class_is_an_error(fields, capsys):
+    assert main(["eval", "detect", "--data", str(fields), "--format", "voc", "--classes", "WBC"]) == 2
+    assert "WBC" in capsys.readouterr().err
