@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     syn.set_defaults(handler=_synthetic_bundle)
 
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)  # `edge` may have configured the root already
     if not hasattr(args, "handler"):
         p.print_help()
         return 2
