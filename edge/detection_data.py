@@ -82,15 +82,15 @@ def load_detection_dataset(root: str | Path, format: str,
 def select_classes(dataset: DetectionDataset, class_names: Sequence[str]) -> DetectionDataset:
     """Keep only the boxes whose class is one of `class_names`.
 
-    Raises ValueError, listing the data set's classes, for an unknown name.
+    Raises DatasetError, listing the data set's classes, for an unknown name.
     """
     names = list(class_names)
     if not names:
-        raise ValueError("no class names given; the data set's classes are: "
+        raise DatasetError("no class names given; the data set's classes are: "
                          + ", ".join(dataset.class_names))
     unknown = [n for n in names if n not in dataset.class_names]
     if unknown:
-        raise ValueError(f"unknown class name(s) {', '.join(unknown)}; the data set's classes "
+        raise DatasetError(f"unknown class name(s) {', '.join(unknown)}; the data set's classes "
                          f"are: {', '.join(dataset.class_names)}")
     samples = []
     for s in dataset.samples:

@@ -437,7 +437,7 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         n = 0
         for x, targets in bar:
             x = x.to(device, non_blocking=True)

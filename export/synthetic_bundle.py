@@ -20,7 +20,7 @@ from edge.bundle import ModelSpec, Thresholds, Tiling, load_bundle, write_bundle
 from edge.engine import run_batched
 from edge.preprocess import Normalisation, to_model_input
 from edge.synthetic import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
-from export.classifier_training import ClassifierTrainConfig, train_classifier
+from export.classifier_training import ClassifierTrainConfig, train_classifier_arrays
 from export.detector_training import train_detector
 from export.models.classifier import build_classifier
 from export.models.detector import DecodedDetector, build_detector
@@ -99,9 +99,10 @@ def _make_classifier(path: Path, r: SyntheticBundleRecipe, norm: Normalisation, 
     cal_x, cal_y = synthetic_cell_crops(r.n_calibration, r.crop_size, r.crop_context, seed=r.seed + 2)
     val_x, val_y = synthetic_cell_crops(r.n_validation, r.crop_size, r.crop_context, seed=r.seed + 3)
     model = build_classifier(r.classifier_arch, r.crop_size, len(DEFAULT_CLASSES), head="ccl")
-    history = train_classifier(model, train_x, train_y,
-                               ClassifierTrainConfig(epochs=r.classifier_epochs, lr=r.classifier_lr, seed=r.seed),
-                               norm, checkpoint_dir=work / "classifier")
+    history = train_classifier_arrays(model, train_x, train_y,
+                                      ClassifierTrainConfig(epochs=r.classifier_epochs, lr=r.classifier_lr,
+                                                            seed=r.seed),
+                                      norm, checkpoint_dir=work / "classifier")
     model.eval()
     export_onnx(model, r.crop_size, path, output_name="scores")
     # Thresholds belong to the deployed model: fit them on the exported graph's outputs.

@@ -60,3 +60,14 @@ def test_eval_detect_reports_the_stable_keys(fields, tmp_path, capsys):
 def test_eval_detect_unknown_class_is_an_error(fields, capsys):
     assert main(["eval", "detect", "--data", str(fields), "--format", "voc", "--classes", "WBC"]) == 2
     assert "WBC" in capsys.readouterr().err
+
+
+def test_synthetic_voc_fields_round_trip_through_the_voc_reader(tmp_path):
+    from edge.detection_data import load_voc
+    from edge.synthetic import SmearConfig, render_field
+    from edge.synthetic_datasets import write_voc_fields
+    write_voc_fields(tmp_path, 2, 320, 240, seed=9)
+    dataset = load_voc(tmp_path)
+    for i, sample in enumerate(dataset):
+        field = render_field(SmearConfig(width=320, height=240), seed=9 + i)
+        assert abs(sample.boxes - field.boxes).max() <= 1.0  # VOC stores whole pixels

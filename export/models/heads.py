@@ -88,6 +88,30 @@ class CCLHead(nn.Module):
                          push_bound: float = DEFAULT_PUSH_BOUND) -> None:
         """Stage II on one batch: features f (B, N) from the updated network, labels (B,).
 
+        `centroid_sums` then `apply_centroid_update`; data-parallel training sums
+        the two statistics over all processes in between.
+        """
+        sums, counts = self.centroid_sums(features, labels)
+        self.apply_centroid_update(sums, counts, gamma, beta, push_bound)
+
+    @torch.no_grad()
+    def centroid_sums(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class, the sum of W_c^T f(x) over the batch's samples of class c (C, M) and their count (C,).
+
+        Computed in the centroids' dtype (float32), whatever the features' dtype.
+        """
+        e = self.centroids
+        z = torch.bmm(features.unsqueeze(1).to(e.dtype), self.weight[labels].to(e.dtype)).squeeze(1)
+        sums = torch.zeros_like(e).index_add_(0, labels, z)
+        counts = torch.bincount(labels, minlength=e.shape[0]).to(e.dtype)
+        return sums, counts
+
+    @torch.no_grad()
+    def apply_centroid_update(self, sums: torch.Tensor, counts: torch.Tensor,
+                              gamma: float = DEFAULT_GAMMA, beta: float = DEFAULT_BETA,
+                              push_bound: float = DEFAULT_PUSH_BOUND) -> None:
+        """Move the centroids given a batch's `centroid_sums`.
+
         e_c += gamma * mean_{x of class c}(W_c^T f(x) - e_c) + b * (e_c - mean_{j != c} e_j),
         the pull only for classes present in the batch, all terms from the
         centroids before the update. b = beta unless that would take the
@@ -97,10 +121,8 @@ class CCLHead(nn.Module):
         """
         e = self.centroids
         c, m = e.shape
-        z = torch.bmm(features.unsqueeze(1).to(e.dtype), self.weight[labels].to(e.dtype)).squeeze(1)
-        sums = torch.zeros_like(e).index_add_(0, labels, z)
-        counts = torch.bincount(labels, minlength=c).to(e.dtype).unsqueeze(1)
-        pull = torch.where(counts > 0, sums / counts.clamp_min(1.0) - e, torch.zeros_like(e))
+        counts = counts.to(e.dtype).unsqueeze(1)
+        pull = torch.where(counts > 0, sums.to(e.dtype) / counts.clamp_min(1.0) - e, torch.zeros_like(e))
 
         push = e - (e.sum(dim=0, keepdim=True) - e) / (c - 1)
         spread = push.norm(dim=1).max() / math.sqrt(m)
