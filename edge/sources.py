@@ -1,7 +1,8 @@
 """Frame sources, chosen by one string (jetson-inference's videoSource habit).
 
-    synthetic[:frames=N,seed=S,width=W,height=H]   the smear generator
-    demo                                           the built-in demo fields (synthetic, fixed seed)
+    synthetic[:frames=N,seed=S,width=W,height=H,vary=0|1]   the smear generator; vary=1 draws
+                                                   blur, noise, uneven light and stain per field
+    demo                                           the built-in demo fields (synthetic, varied, fixed seed)
     PATH/TO/FOLDER                                 images in sorted name order
     PATH/TO/VIDEO.mp4                              a video file
     0, 1, ... or /dev/videoN                       a camera
@@ -13,6 +14,7 @@ logs it, counts the skip and carries on.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -22,7 +24,7 @@ from edge.frames import Frame, FrameError, as_bgr8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
-DEMO_SPEC = "synthetic:frames=12,seed=2026"
+DEMO_SPEC = "synthetic:frames=12,seed=2026,vary=1"
 
 
 class SourceError(ValueError):
@@ -44,11 +46,12 @@ class FrameSource:
 
 
 class SyntheticSource(FrameSource):
-    def __init__(self, frames: int = 12, seed: int = 0, width: int = 640, height: int = 480):
+    def __init__(self, frames: int = 12, seed: int = 0, width: int = 640, height: int = 480,
+                 vary: int = 0):
         from edge.synthetic import SmearConfig
         self.config = SmearConfig(width=width, height=height)
-        self.frames, self.seed, self._next = frames, seed, 0
-        self.description = f"synthetic:frames={frames},seed={seed},width={width},height={height}"
+        self.frames, self.seed, self.vary, self._next = frames, seed, bool(vary), 0
+        self.description = f"synthetic:frames={frames},seed={seed},width={width},height={height},vary={int(vary)}"
         self.last_field = None  # ground truth of the frame last read, for tests and demos
 
     def read(self) -> Frame | None:
@@ -57,8 +60,16 @@ class SyntheticSource(FrameSource):
             return None
         i = self._next
         self._next += 1
-        self.last_field = render_field(self.config, seed=self.seed + i)
+        self.last_field = render_field(self._config_for(self.seed + i), seed=self.seed + i)
         return Frame(i, self.last_field.image, time.time(), f"synthetic seed {self.seed + i}")
+
+    def _config_for(self, seed: int):
+        """The base config, or with vary=1 one with its own imaging conditions per field."""
+        if not self.vary:
+            return self.config
+        rng = np.random.default_rng([seed, 1])
+        return replace(self.config, blur_sigma=float(rng.uniform(0, 1.5)), noise_std=float(rng.uniform(0, 6)),
+                       illumination=float(rng.uniform(0, 0.5)), stain_shift=float(rng.uniform(0, 0.5)))
 
 
 class FolderSource(FrameSource):
@@ -136,7 +147,7 @@ def _synthetic_options(spec: str) -> dict:
     _, _, rest = spec.partition(":")
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key not in ("frames", "seed", "width", "height") or not value.isdigit():
-            raise SourceError(f"bad synthetic source option {item!r}; use frames=, seed=, width=, height=")
+        if key not in ("frames", "seed", "width", "height", "vary") or not value.isdigit():
+            raise SourceError(f"bad synthetic source option {item!r}; use frames=, seed=, width=, height=, vary=")
         options[key] = int(value)
     return options

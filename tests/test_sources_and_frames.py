@@ -48,3 +48,10 @@ def test_frame_normalisation():
                 np.zeros((20, 30, 3), np.float32), np.zeros((20, 30, 2), np.uint8)):
         with pytest.raises(FrameError):
             as_bgr8(bad)
+
+
+def test_synthetic_vary_changes_imaging_but_not_the_cells():
+    plain, varied = open_source("synthetic:frames=1,seed=3"), open_source("synthetic:frames=1,seed=3,vary=1")
+    a, b = plain.read().image, varied.read().image
+    assert not np.array_equal(a, b)
+    assert np.array_equal(plain.last_field.boxes, varied.last_field.boxes)
