@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls = ev_sub.add_parser("classify", help="single-cell images, one folder per class")
     _bundle_arg(cls)
     cls.add_argument("--data", type=Path, required=True)
+    cls.add_argument("--split-file", type=Path, default=None,
+                     help="a split file from `edge export train-classifier`: evaluate one of its splits")
+    cls.add_argument("--split", default="validation", help="which split of --split-file (default validation)")
     cls.add_argument("--json", type=Path, default=None, help="write the figures here too")
     _runtime_args(cls)
     cls.set_defaults(handler=_cmd_eval_classify)
@@ -146,8 +149,9 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_eval_classify(args) -> int:
-    from edge.evaluate import evaluate_classifier
-    report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads)
+    from edge.evaluate import evaluate_classifier, read_split_file
+    only = read_split_file(args.split_file, args.split) if args.split_file else None
+    report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads, only=only)
     _emit(report, args.json)
     return 0
 

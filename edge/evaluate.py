@@ -1,6 +1,7 @@
 """`edge eval classify` and `edge eval detect`: a bundle measured exactly as the device runs it."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,20 +24,38 @@ class EvalDataError(ValueError):
     """An evaluation data folder that cannot be used."""
 
 
-def read_class_folders(data: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
-    """Image paths and bundle class indices from a folder per class (a subset of the bundle's)."""
+def read_split_file(path: Path, split: str) -> set[str]:
+    """The image paths (relative to the data folder, 'class/file') of one split of a split file."""
+    try:
+        splits = json.loads(Path(path).read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvalDataError(f"cannot read split file {path}: {exc}") from None
+    if split not in splits:
+        raise EvalDataError(f"split file {path} has no split {split!r}; it has {', '.join(splits)}")
+    return set(splits[split])
+
+
+def read_class_folders(data: Path, class_names: tuple[str, ...],
+                       only: set[str] | None = None) -> tuple[list[Path], np.ndarray]:
+    """Image paths and bundle class indices from a folder per class (a subset of the bundle's).
+
+    `only` keeps just the images whose 'class/file' path it holds (a split).
+    """
     if not data.is_dir():
         raise EvalDataError(f"data folder {data} does not exist")
     folders = sorted(p for p in data.iterdir() if p.is_dir())
+    if only is not None:
+        folders = [f for f in folders if any(p.startswith(f.name + "/") for p in only)]
     if not folders:
-        raise EvalDataError(f"{data} has no class folders")
+        raise EvalDataError(f"{data} has no class folders" + (" in the split" if only is not None else ""))
     unknown = [f.name for f in folders if f.name not in class_names]
     if unknown:
         raise EvalDataError(f"class folders {unknown} are not classes of the bundle; "
                          f"known: {', '.join(class_names)}")
     paths, labels = [], []
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                       and (only is None or f"{folder.name}/{p.name}" in only))
         paths += files
         labels += [class_names.index(folder.name)] * len(files)
     if not paths:
@@ -45,13 +64,13 @@ def read_class_folders(data: Path, class_names: tuple[str, ...]) -> tuple[list[P
 
 
 def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxruntime",
-                        threads: int | None = None) -> dict:
+                        threads: int | None = None, only: set[str] | None = None) -> dict:
     """Accuracy and reject-option figures of the bundle's classifier on single-cell images.
 
     Each image is taken as a whole to be one cell's crop.
     """
     bundle = load_bundle(bundle_path)
-    paths, labels = read_class_folders(data, bundle.class_names)
+    paths, labels = read_class_folders(data, bundle.class_names, only)
     counter = CellCounter(bundle, backend=backend, threads=threads)
     spec = bundle.classifier
     scores, kept = [], []

@@ -71,3 +71,14 @@ def test_synthetic_voc_fields_round_trip_through_the_voc_reader(tmp_path):
     for i, sample in enumerate(dataset):
         field = render_field(SmearConfig(width=320, height=240), seed=9 + i)
         assert abs(sample.boxes - field.boxes).max() <= 1.0  # VOC stores whole pixels
+
+
+def test_eval_classify_on_one_split_of_a_split_file(crops, tmp_path, capsys):
+    chosen = sorted(f"{p.parent.name}/{p.name}" for p in crops.glob("*/*.png"))[::7]
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"splits": {"validation": chosen, "train": []}}))
+    assert main(["eval", "classify", "--data", str(crops), "--split-file", str(split_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(chosen)
+    assert main(["eval", "classify", "--data", str(crops), "--split-file", str(split_file),
+                 "--split", "calibration"]) == 2
+    assert "no split 'calibration'" in capsys.readouterr().err
