@@ -17,6 +17,11 @@ class Decisions:
     accepted: np.ndarray    # (N,) bool
 
 
+def confidence_of(scores: np.ndarray, head: str) -> np.ndarray:
+    """CCL: c = 1 - sum D + max D (the paper's eq. 4); softmax: the top probability."""
+    return ccl_confidence(scores) if head == "ccl" else scores.max(axis=1)
+
+
 class RejectRule:
     """Applies a bundle's head type and thresholds to classifier outputs."""
 
@@ -25,16 +30,10 @@ class RejectRule:
         self.per_class_threshold = np.array(
             [bundle.thresholds.for_class(n) for n in bundle.class_names], dtype=np.float64)
 
-    def confidence(self, scores: np.ndarray) -> np.ndarray:
-        """CCL: c = 1 - sum D + max D (the paper's eq. 4); softmax: the top probability."""
-        if self.head == "ccl":
-            return ccl_confidence(scores)
-        return scores.max(axis=1)
-
     def decide(self, scores: np.ndarray) -> Decisions:
         if not np.all(np.isfinite(scores)):
             raise FloatingPointError("the classifier produced NaN or Inf")
         predicted = scores.argmax(axis=1)
-        confidence = self.confidence(scores)
+        confidence = confidence_of(scores, self.head)
         threshold = self.per_class_threshold[predicted]
         return Decisions(predicted, confidence, threshold, confidence >= threshold)

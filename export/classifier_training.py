@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from calibration.metrics import reject_metrics, threshold_to_json
-from calibration.thresholds import ccl_confidence, fit_threshold
-from edge.preprocess import Normalisation, to_model_input
+from calibration.thresholds import fit_threshold
+from edge.decision import confidence_of
+from edge.preprocess import Normalisation
 from export.augment import Augment, light_augment
 from export.datasets import ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, stratified_split
 from export.models.classifier import CellClassifier, HeadKind, build_classifier
@@ -159,11 +160,6 @@ def _step(net: nn.Module, model: CellClassifier, optimiser: torch.optim.Optimize
 
 # ---------------------------------------------------------------- evaluation
 
-def confidence(scores: np.ndarray, head: HeadKind) -> np.ndarray:
-    """CCL: the paper's c = 1 - sum D + max D; softmax: the largest probability."""
-    return ccl_confidence(scores) if head == "ccl" else scores.max(axis=1)
-
-
 @torch.no_grad()
 def predict(model: CellClassifier, loader: DataLoader, device: torch.device,
             bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +186,8 @@ def evaluate(model: CellClassifier, calibration: DataLoader, validation: DataLoa
     cal_scores, cal_labels = predict(model, calibration, device, config.bf16)
     val_scores, val_labels = predict(model, validation, device, config.bf16)
     cal_pred, val_pred = cal_scores.argmax(1), val_scores.argmax(1)
-    fit = fit_threshold(confidence(cal_scores, model.head_kind), cal_pred, cal_labels, config.target_accuracy)
-    val = reject_metrics(confidence(val_scores, model.head_kind), val_pred, val_labels, fit.threshold)
+    fit = fit_threshold(confidence_of(cal_scores, model.head_kind), cal_pred, cal_labels, config.target_accuracy)
+    val = reject_metrics(confidence_of(val_scores, model.head_kind), val_pred, val_labels, fit.threshold)
     return {"cal_accuracy": float((cal_pred == cal_labels).mean()), "val_accuracy": val.accuracy,
             "threshold": float(fit.threshold), "threshold_reached": fit.reached,
             "val_rejection_rate": val.rejection_rate, "val_accepted_accuracy": val.accepted_accuracy,
@@ -278,9 +274,10 @@ def train_classifier(model: CellClassifier, train: DataLoader, config: Classifie
     history, best = _resume(model, optimiser, out_dir if resume else None, meta, device)
     net: nn.Module = _TrainingOutput(model, config.bf16)
     if world > 1:
-        # The centroids are kept equal by update_centroids, not by broadcasting rank 0's buffers.
+        # DDP copies rank 0's parameters and centroids to all ranks here; from then on
+        # update_centroids keeps the centroids equal, so no broadcast before every forward.
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      forward_sync_buffers=False)
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         for group in optimiser.param_groups:
@@ -334,7 +331,11 @@ def _save(model: CellClassifier, optimiser: torch.optim.Optimizer, history: list
 def train_classifier_arrays(model: CellClassifier, images: np.ndarray, labels: np.ndarray,
                             config: ClassifierTrainConfig, norm: Normalisation,
                             checkpoint_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Train on in-memory uint8 BGR crops (N, S, S, 3) with the light augmentation, one process."""
+    """Train on in-memory uint8 BGR crops (N, S, S, 3) with the light augmentation, one CPU process.
+
+    The synthetic bundle's path: its tiny model trains in minutes on a CPU, and
+    stays there so that a rebuild on another machine gives the same bundle.
+    """
     data = ArrayCrops(images, labels, model.backbone.img_size, norm, light_augment, seed=config.seed)
     sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
     return train_classifier(model, DataLoader(data, config.batch_size, sampler=sampler), config,
@@ -382,14 +383,3 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
                                validation=loaders["validation"], out_dir=out_dir, resume=resume, meta=meta,
                                progress=progress)
     return model, history
-
-
-@torch.no_grad()
-def predict_scores(model: CellClassifier, images: np.ndarray, norm: Normalisation,
-                   batch_size: int = 128) -> np.ndarray:
-    """Exported-graph outputs (D or probabilities) for uint8 BGR crops."""
-    model.eval()
-    size = model.backbone.img_size
-    parts = [model(torch.from_numpy(to_model_input(images[i:i + batch_size], (size, size), norm))).numpy()
-             for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts)

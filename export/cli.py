@@ -48,6 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     tc.set_defaults(handler=_train_classifier)
 
+    cb = sub.add_parser("classifier-bundle",
+                        help="a bundle from a train-classifier run: ONNX export, thresholds fitted on it")
+    cb.add_argument("--run", type=Path, required=True, help="the --out folder of train-classifier")
+    cb.add_argument("--data", type=Path, required=True, help="the folder per class the run trained on")
+    cb.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
+    cb.add_argument("--split-file", type=Path, help="default RUN/split.json")
+    cb.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    cb.add_argument("--detector-bundle", type=Path, help="take the detector and tiling from here "
+                    "(default: the shipped bundle)")
+    cb.add_argument("--target-accuracy", type=float, default=0.99)
+    cb.add_argument("--method", default="descending", help="threshold rule: descending or clopper-pearson")
+    cb.set_defaults(handler=_classifier_bundle)
+
+    mi = sub.add_parser("model-info", help="parameters and GFLOPs (multiply-adds) of a CrossFormer config")
+    mi.add_argument("--arch", default="crossformer_t")
+    mi.add_argument("--img-size", type=int, default=224)
+    mi.set_defaults(handler=_model_info)
+
     args = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)  # `edge` may have configured the root already
@@ -91,4 +109,22 @@ def _train_classifier(args) -> int:
     best = history[state["epoch"] - 1]
     print(json.dumps({"onnx": str(onnx_path), "checkpoint": str(chosen), "epochs": len(history),
                       "log": str(args.out / LOG), "best": json_record(best)}, indent=2))
+    return 0
+
+
+def _classifier_bundle(args) -> int:
+    from export.classifier_bundle import bundle_from_run
+    report = bundle_from_run(args.run, args.data, args.out, split_file=args.split_file,
+                             detector_bundle=args.detector_bundle, target_accuracy=args.target_accuracy,
+                             method=args.method, checkpoint=args.checkpoint)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _model_info(args) -> int:
+    from export.models.crossformer import build_backbone, count_params_and_flops
+    params, macs = count_params_and_flops(build_backbone(args.arch, args.img_size), args.img_size)
+    print(json.dumps({"arch": args.arch, "img_size": args.img_size, "params_m": round(params / 1e6, 2),
+                      "gflops": round(macs / 1e9, 3), "note": "backbone only; FLOPs counted as "
+                      "multiply-adds, as the CrossFormer paper does"}, indent=2))
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,12 +14,11 @@ import torch
 
 from calibration.thresholds import ccl_confidence, fit_threshold
 from calibration.metrics import reject_metrics
-from edge.backends import open_runner
 from edge.bundle import ModelSpec, Thresholds, Tiling, load_bundle, write_bundle
-from edge.engine import run_batched
-from edge.preprocess import Normalisation, to_model_input
+from edge.preprocess import Normalisation
 from edge.synthetic import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
 from export.classifier_training import ClassifierTrainConfig, train_classifier_arrays
+from export.deployed import git_commit, onnx_scores
 from export.detector_training import train_detector
 from export.models.classifier import build_classifier
 from export.models.detector import DecodedDetector, build_detector
@@ -80,7 +78,7 @@ def make_synthetic_bundle(out: Path, recipe: SyntheticBundleRecipe, work: Path) 
                                            "validation": classifier_report["validation"]}),
         tiling=Tiling(recipe.tile_size, overlap, 1.0, recipe.score_threshold, recipe.crop_context),
         provenance={"data": "synthetic smear generator (edge.synthetic), no real images",
-                    "recipe": asdict(recipe), "code_commit": _git_commit(),
+                    "recipe": asdict(recipe), "code_commit": git_commit(),
                     "date": time.strftime("%Y-%m-%d"), "script": "edge export synthetic-bundle"},
     )
     load_bundle(staging)  # never replace a good bundle with one that does not verify
@@ -106,8 +104,8 @@ def _make_classifier(path: Path, r: SyntheticBundleRecipe, norm: Normalisation, 
     model.eval()
     export_onnx(model, r.crop_size, path, output_name="scores")
     # Thresholds belong to the deployed model: fit them on the exported graph's outputs.
-    cal_scores = _onnx_scores(path, cal_x, norm)
-    val_scores = _onnx_scores(path, val_x, norm)
+    cal_scores = onnx_scores(path, cal_x, norm)
+    val_scores = onnx_scores(path, val_x, norm)
     fit = fit_threshold(ccl_confidence(cal_scores), cal_scores.argmax(1), cal_y,
                         r.target_accuracy, method=r.threshold_method)
     if not fit.reached:
@@ -119,12 +117,6 @@ def _make_classifier(path: Path, r: SyntheticBundleRecipe, norm: Normalisation, 
     return report, {"threshold": float(fit.threshold), "calibration": fit.calibration.to_dict()}
 
 
-def _onnx_scores(path: Path, crops: np.ndarray, norm: Normalisation) -> np.ndarray:
-    with open_runner("onnxruntime", path) as runner:
-        spec = ModelSpec(path.name, "0" * 64, "image", (-1, 3) + crops.shape[1:3], ("scores",))
-        return run_batched(runner, spec, to_model_input(crops, None, norm), 256)["scores"]
-
-
 def _make_detector(path: Path, r: SyntheticBundleRecipe, work: Path) -> dict:
     model = build_detector(r.detector_arch, max_detections=r.max_detections)
     history = train_detector(model, tile_size=r.tile_size, epochs=r.detector_epochs,
@@ -133,11 +125,3 @@ def _make_detector(path: Path, r: SyntheticBundleRecipe, work: Path) -> dict:
     model.eval()
     export_onnx(DecodedDetector(model), r.tile_size, path, output_names=("boxes", "scores"))
     return {"arch": r.detector_arch, "tile": r.tile_size, "history": history}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
