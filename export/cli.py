@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--batch-size", type=int, default=64, help="per process")
     tc.add_argument("--lr", type=float, default=1e-4)
     tc.add_argument("--weight-decay", type=float, default=0.01)
+    tc.add_argument("--lr-drops", type=_fractions, default=(0.3, 0.6),
+                    help="fractions of the epochs where lr is cut x0.1 (default the paper's 0.3,0.6)")
     tc.add_argument("--workers", type=int, default=2, help="DataLoader processes per training process")
     tc.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
     tc.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the backbone")
@@ -94,7 +96,7 @@ def _train_classifier(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   weight_decay=args.weight_decay, seed=args.seed, bf16=args.bf16,
+                                   weight_decay=args.weight_decay, lr_drops=args.lr_drops, seed=args.seed, bf16=args.bf16,
                                    target_accuracy=args.target_accuracy)
     with distributed_from_env() as (rank, _):
         model, history = train_on_folder(
@@ -128,3 +130,10 @@ def _model_info(args) -> int:
                       "gflops": round(macs / 1e9, 3), "note": "backbone only; FLOPs counted as "
                       "multiply-adds, as the CrossFormer paper does"}, indent=2))
     return 0
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in text.split(","))
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give fractions between 0 and 1, e.g. 0.3,0.6")
+    return values
