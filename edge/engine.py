@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -54,17 +55,42 @@ class CellCounter:
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) in frame pixels and their scores, each cell once."""
-        tiling, spec = self.bundle.tiling, self.bundle.detector
-        scaled = image
-        if tiling.scale != 1.0:
-            scaled = cv2.resize(image, None, fx=tiling.scale, fy=tiling.scale,
-                                interpolation=cv2.INTER_AREA)
-        h, w = scaled.shape[:2]
-        grid = make_grid(w, h, tiling.tile_size, tiling.overlap)
-        tiles = to_model_input(cut_tiles(scaled, grid), None, spec.normalisation)
-        out = run_batched(self.detector, spec, tiles, len(tiles))
-        boxes, scores = stitch(out["boxes"], out["scores"], grid, tiling.score_threshold)
-        return boxes / np.float32(tiling.scale), scores
+        return self.detect_many([image])[0]
+
+    def detect_many(self, images: Sequence[np.ndarray], batch: int | None = None
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`detect` for several frames (sizes may differ), their tiles sharing detector batches.
+
+        `batch` tiles go through the detector at a time, rounded up to a multiple
+        of a static-batch model's batch; by default the tile count of the largest
+        frame, so that one frame is one batch.
+        """
+        if not images:
+            return []
+        tiling = self.bundle.tiling
+        scaled = [_rescale(image, tiling.scale) for image in images]
+        grids = [make_grid(s.shape[1], s.shape[0], tiling.tile_size, tiling.overlap) for s in scaled]
+        tiles = np.concatenate([cut_tiles(s, g) for s, g in zip(scaled, grids)])
+        out = self._detect_tiles(tiles, batch or max(len(g) for g in grids))
+        results = []
+        for grid, stop in zip(grids, np.cumsum([len(g) for g in grids])):
+            start = stop - len(grid)
+            boxes, scores = stitch(out["boxes"][start:stop], out["scores"][start:stop], grid,
+                                   tiling.score_threshold)
+            results.append((boxes / np.float32(tiling.scale), scores))
+        return results
+
+    def _detect_tiles(self, tiles: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+        """Detector outputs for uint8 tiles, `batch` (a multiple of a static batch) at a time."""
+        spec = self.bundle.detector
+        fixed = spec.input_shape[0]
+        if fixed > 0:
+            batch = -(-batch // fixed) * fixed
+        # normalised per batch: float32 tiles of several frames at once would take 4x their uint8 size
+        parts = [run_batched(self.detector, spec,
+                             to_model_input(tiles[i:i + batch], None, spec.normalisation), batch)
+                 for i in range(0, len(tiles), batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def classify(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, C) class scores for the cells in `boxes`."""
@@ -96,6 +122,12 @@ def run_batched(runner: Runner, spec: ModelSpec, x: np.ndarray, batch: int) -> d
         out = runner.infer({spec.input_name: chunk})
         parts.append({k: v[:n] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return image
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
 
 def _open_checked(bundle: Bundle, spec: ModelSpec, backend: str, threads: int | None,

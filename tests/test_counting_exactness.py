@@ -7,7 +7,8 @@ from edge.backends import Runner, TensorSpec
 from edge.bundle import load_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
-from edge.tiling import box_iou, make_grid
+from edge.boxes import box_iou
+from edge.tiling import make_grid
 
 
 class PerfectTileDetector(Runner):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.tiling import box_iou, cut_tiles, make_grid, stitch
+from edge.boxes import box_iou
+from edge.tiling import cut_tiles, make_grid, stitch
 
 
 @pytest.mark.parametrize("w,h,tile,overlap", [(640, 480, 256, 96), (100, 80, 256, 96),
@@ -9,6 +10,10 @@ from edge.tiling import box_iou, cut_tiles, make_grid, stitch
 def test_grid_covers_frame_and_ownership_partitions_it(w, h, tile, overlap):
     grid = make_grid(w, h, tile, overlap)
     assert (grid.origins >= 0).all()
+    columns, rows = grid.shape
+    assert len(grid) == columns * rows
+    assert (np.unique(grid.origins[:, 0], return_inverse=True)[1] == grid.index[:, 0]).all()
+    assert (np.unique(grid.origins[:, 1], return_inverse=True)[1] == grid.index[:, 1]).all()
     if w >= tile:
         assert grid.origins[:, 0].max() + tile == w
     if h >= tile:
@@ -64,7 +69,8 @@ def test_stitch_counts_every_cell_once_with_a_perfect_detector():
         seen = _visible_boxes(boxes, origin, tile)
         tile_boxes[t, :len(seen)] = seen
         tile_scores[t, :len(seen)] = 0.9
-    out, scores = stitch(tile_boxes, tile_scores, grid, 0.5, duplicate_iou=1.01)  # ownership alone
+    out, scores = stitch(tile_boxes, tile_scores, grid, 0.5, duplicate_iou=1.01,
+                         corner_distance=0)  # ownership alone
     assert len(out) == len(boxes)
     assert (box_iou(boxes.astype(np.float32), out).max(axis=1) > 0.999).all()
 
