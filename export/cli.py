@@ -63,6 +63,46 @@ def main(argv: list[str] | None = None) -> int:
     cb.add_argument("--method", default="descending", help="threshold rule: descending or clopper-pearson")
     cb.set_defaults(handler=_classifier_bundle)
 
+    td = sub.add_parser("train-detector",
+                        help="train the centre-heatmap detector on real fields (resized to --scale) mixed "
+                             "with synthetic ones; export OUT/detector.onnx")
+    td.add_argument("--out", type=Path, required=True, help="run folder: run.json, last.pt, log.jsonl, detector.onnx")
+    td.add_argument("--data", help="VOC or YOLO folder of real fields, e.g. ../shared/data/bccd "
+                                   "(default: synthetic fields only)")
+    td.add_argument("--format", choices=("voc", "yolo"), default="voc")
+    td.add_argument("--classes", type=_names, default=("WBC",), help="comma-separated classes that are cells")
+    td.add_argument("--splits", type=_names, default=("train",), help="comma-separated training splits")
+    td.add_argument("--val-split", default="val", help="split validated on every epoch ('none': no validation)")
+    td.add_argument("--synthetic-fraction", type=float, default=0.3, help="share of synthetic samples with --data")
+    td.add_argument("--scale", type=float, default=0.28,
+                    help="resize factor of the real fields, as the bundle's tiling.scale (BCCD: 0.28 = 4 px/µm)")
+    from export.models.detector import list_detectors
+    td.add_argument("--arch", choices=list_detectors(), default="detector_small")
+    td.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    td.add_argument("--epochs", type=int, default=30)
+    td.add_argument("--steps-per-epoch", type=int, default=100)
+    td.add_argument("--batch-size", type=int, default=16)
+    td.add_argument("--lr", type=float, default=3e-3)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    td.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    td.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="continue from OUT/last.pt if it exists")
+    td.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    td.set_defaults(handler=_train_detector)
+
+    db = sub.add_parser("detector-bundle",
+                        help="a bundle from a train-detector run and the classifier of another bundle")
+    db.add_argument("--run", type=Path, required=True, help="the --out folder of train-detector")
+    db.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
+    db.add_argument("--classifier-bundle", type=Path, help="take the classifier, classes and thresholds "
+                    "from here (default: the shipped bundle)")
+    db.add_argument("--scale", type=float, help="frame resize factor before tiling (default: the run's)")
+    db.add_argument("--overlap", type=_overlap, default=None,
+                    help="tile overlap in pixels, or 'auto' (default): the largest expected cell")
+    db.add_argument("--score-threshold", type=float, default=0.3)
+    db.set_defaults(handler=_detector_bundle)
+
     mi = sub.add_parser("model-info", help="parameters and GFLOPs (multiply-adds) of a CrossFormer config")
     mi.add_argument("--arch", default="crossformer_t")
     mi.add_argument("--img-size", type=int, default=224)
@@ -123,6 +163,34 @@ def _classifier_bundle(args) -> int:
     return 0
 
 
+def _train_detector(args) -> int:
+    import torch
+
+    from export.detector_training import DetectorRecipe, train_detector_run
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    recipe = DetectorRecipe(
+        data=str(args.data) if args.data else None, format=args.format, classes=args.classes,
+        splits=args.splits, val_split=None if args.val_split == "none" else args.val_split,
+        synthetic_fraction=args.synthetic_fraction if args.data else 1.0, scale=args.scale,
+        arch=args.arch, tile_size=args.tile, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    summary = train_detector_run(args.out, recipe, resume=args.resume, progress=args.progress,
+                                 workers=args.workers, log=logging.getLogger("export.detector").info)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _detector_bundle(args) -> int:
+    from export.detector_bundle import bundle_from_detector_run
+    report = bundle_from_detector_run(args.run, args.out, classifier_bundle=args.classifier_bundle,
+                                      scale=args.scale, overlap=args.overlap,
+                                      score_threshold=args.score_threshold)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _model_info(args) -> int:
     from export.models.crossformer import build_backbone, count_params_and_flops
     params, macs = count_params_and_flops(build_backbone(args.arch, args.img_size), args.img_size)
@@ -137,3 +205,18 @@ def _fractions(text: str) -> tuple[float, ...]:
     if not all(0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: give fractions between 0 and 1, e.g. 0.3,0.6")
     return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
+    return names
+
+
+def _overlap(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'auto' or a number of pixels")
+    return int(text)

@@ -7,7 +7,9 @@ Pieces, top to bottom:
   ``edge.synthetic.render_field`` and random stain, blur, noise and
   illumination; ``PairSource`` serves in-memory pairs; ``DetectionDatasetSource`` serves a
   VOC or YOLO folder such as BCCD read by ``edge.detection_data`` (boxes of
-  the chosen classes);
+  the chosen classes, images resized by a scale as the device resizes its
+  frames); ``MixedSource`` draws from several sources by weight;
+  ``AugmentedSource`` adds colour, stain, blur and JPEG jitter (``PHOTOMETRIC``);
 - ``cut_tile``: a random tile of one sample with scale augmentation, random
   flips and rot90. Ground-truth boxes are clipped to the tile; a box whose
   centre lies outside the tile is not a target;
@@ -18,11 +20,17 @@ Pieces, top to bottom:
 - ``TileDataset``: a torch IterableDataset of (image, targets) built from a
   source, seeded per epoch and worker, so a resumed run sees the same data;
 - ``train_detector``: AdamW with warm-up and cosine decay, a tqdm bar, one log
-  line per epoch, a checkpoint every epoch and resume from the last one;
-- ``evaluate_detector``: recall and precision at an IoU and score threshold.
+  line per epoch, a checkpoint and log.jsonl every epoch and resume from the
+  last one;
+- ``evaluate_detector``: recall and precision at an IoU and score threshold;
+  ``field_tiles`` cuts a data set into the device's tiles for it;
+- ``DetectorRecipe`` and ``train_detector_run``: a whole run in one folder
+  (``edge export train-detector``): real fields mixed with synthetic ones,
+  per-epoch validation, ONNX export at the end.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -38,14 +46,20 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from edge.boxes import box_iou
 from edge.preprocess import Normalisation, to_model_input
+from export.augment import Augment
 
 Sample = tuple[np.ndarray, np.ndarray]  # (image BGR uint8 (H, W, 3), boxes (N, 4) float32 xyxy)
 
 __all__ = [
-    "SampleSource", "SyntheticSource", "PairSource", "DetectionDatasetSource", "cut_tile",
-    "gaussian_radius", "encode_targets", "detector_loss", "TileDataset",
-    "make_tiles", "collate_tiles", "train_detector", "predict_tiles", "evaluate_detector",
+    "SampleSource", "SyntheticSource", "PairSource", "DetectionDatasetSource", "MixedSource",
+    "AugmentedSource", "PHOTOMETRIC", "cut_tile", "boxes_in_tile", "gaussian_radius",
+    "encode_targets", "detector_loss", "TileDataset", "make_tiles", "field_tiles",
+    "collate_tiles", "train_detector", "predict_tiles", "evaluate_detector", "DetectorRecipe",
+    "recipe_sources", "recipe_validation", "train_detector_run",
+    "RUN_FILE", "LOG_FILE", "ONNX_FILE", "CHECKPOINT",
 ]
+
+RUN_FILE, LOG_FILE, ONNX_FILE, CHECKPOINT = "run.json", "log.jsonl", "detector.onnx", "last.pt"
 
 
 # ---------------------------------------------------------------- sample sources
@@ -100,21 +114,39 @@ class PairSource:
 class DetectionDatasetSource:
     """Real images: an ``edge.detection_data.DetectionDataset`` (VOC or YOLO folder).
 
-    Keeps the boxes of `classes` (for BCCD: ("WBC",)); images are read on first
-    use and cached.
+    Keeps the boxes of `classes` (for BCCD: ("WBC",)). Each image is resized
+    by `scale` exactly as the device resizes a frame (``tiling.scale``), so
+    the detector learns cells at the pixel size it will see; images are read
+    on first use and cached at that scale.
     """
 
-    def __init__(self, dataset, classes: Sequence[str] | None = ("WBC",)):
+    def __init__(self, dataset, classes: Sequence[str] | None = ("WBC",), scale: float = 1.0):
         from edge.detection_data import select_classes
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         self.dataset = select_classes(dataset, classes) if classes else dataset
+        self.scale = float(scale)
         self._cache: dict[int, Sample] = {}
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike, format: str = "voc",
-                    classes: Sequence[str] | None = ("WBC",), split: str | None = "train"
+                    classes: Sequence[str] | None = ("WBC",),
+                    split: str | Sequence[str] | None = "train", scale: float = 1.0
                     ) -> "DetectionDatasetSource":
-        from edge.detection_data import load_detection_dataset
-        return cls(load_detection_dataset(root, format, split), classes)
+        """Load one split, several (their images together), or with None every image."""
+        from edge.detection_data import DetectionDataset, load_detection_dataset
+        if split is None or isinstance(split, str):
+            return cls(load_detection_dataset(root, format, split), classes, scale)
+        parts = [load_detection_dataset(root, format, s) for s in split]
+        names = tuple(sorted({n for p in parts for n in p.class_names}))
+        return cls(DetectionDataset(parts[0].root, names, tuple(x for p in parts for x in p)),
+                   classes, scale)
+
+    def largest_box_side(self) -> float:
+        """The longest box side in the data set, in its own (unscaled) pixels; 0 without boxes."""
+        sides = [np.maximum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1]).max()
+                 for s in self.dataset if len(s.boxes)]
+        return float(max(sides, default=0.0))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -127,11 +159,48 @@ class DetectionDatasetSource:
                 raise FileNotFoundError(f"cannot read image {s.image_path}")
             h, w = img.shape[:2]
             boxes = np.clip(np.asarray(s.boxes, np.float32).reshape(-1, 4), 0, [w, h, w, h])
+            if self.scale != 1.0:  # as edge.engine resizes a frame
+                img = cv2.resize(img, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+                boxes = boxes * np.float32(self.scale)
             self._cache[index] = (img, boxes.astype(np.float32))
         return self._cache[index]
 
     def sample(self, rng: np.random.Generator) -> Sample:
         return self.load(int(rng.integers(len(self.dataset))))
+
+
+@dataclass
+class MixedSource:
+    """Each sample from one of `sources`, chosen with probability proportional to its weight."""
+    sources: Sequence[SampleSource]
+    weights: Sequence[float]
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.weights) or not self.sources:
+            raise ValueError("give one weight per source, and at least one source")
+        if min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {self.weights}")
+
+    def sample(self, rng: np.random.Generator) -> Sample:
+        p = np.asarray(self.weights, dtype=np.float64)
+        return self.sources[int(rng.choice(len(p), p=p / p.sum()))].sample(rng)
+
+
+# The training augmentation of export.augment without its geometric steps, which
+# would move cells away from their boxes: colour, stain, hue, gamma, blur and JPEG.
+# Geometry (scale jitter, flips, right-angle turns) is cut_tile's.
+PHOTOMETRIC = Augment(p_turn=0.0, p_rotate=0.0, p_crop=0.0, p_erase=0.0)
+
+
+@dataclass
+class AugmentedSource:
+    """The samples of `source` through a photometric `augment(image, rng)`; boxes unchanged."""
+    source: SampleSource
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] = PHOTOMETRIC
+
+    def sample(self, rng: np.random.Generator) -> Sample:
+        image, boxes = self.source.sample(rng)
+        return self.augment(image, rng), boxes
 
 
 # ---------------------------------------------------------------- tiles and augmentation
@@ -171,11 +240,7 @@ def cut_tile(image: np.ndarray, boxes: np.ndarray, tile_size: int, rng: np.rando
     x0 = int(rng.integers(0, w - tile_size + 1))
     y0 = int(rng.integers(0, h - tile_size + 1))
     tile = image[y0:y0 + tile_size, x0:x0 + tile_size]
-    b = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    keep = (cx >= 0) & (cx < tile_size) & (cy >= 0) & (cy < tile_size)
-    b = np.clip(b[keep], 0, tile_size)
-    b = b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)]
+    b = boxes_in_tile(boxes, x0, y0, tile_size)
     if flips:
         if rng.random() < 0.5:
             tile = tile[:, ::-1]
@@ -184,6 +249,15 @@ def cut_tile(image: np.ndarray, boxes: np.ndarray, tile_size: int, rng: np.rando
         tile = np.rot90(tile, k)
         b = _rot90_boxes(b, tile_size, k)
     return np.ascontiguousarray(tile), b.astype(np.float32).reshape(-1, 4)
+
+
+def boxes_in_tile(boxes: np.ndarray, x0: int, y0: int, tile_size: int) -> np.ndarray:
+    """The boxes whose centre lies in the tile at (x0, y0), in tile pixels, clipped to it."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.array([x0, y0, x0, y0], np.float32)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    keep = (cx >= 0) & (cx < tile_size) & (cy >= 0) & (cy < tile_size)
+    b = np.clip(b[keep], 0, tile_size)
+    return b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)]
 
 
 # ---------------------------------------------------------------- targets and losses
@@ -321,6 +395,23 @@ def make_tiles(source: SampleSource, n: int, tile_size: int, seed: int,
     return list(ds.tiles(np.random.default_rng([seed, 7919]), n))
 
 
+def field_tiles(source: DetectionDatasetSource, tile_size: int) -> list[Sample]:
+    """Every image of `source` (at its scale) cut into the device's tiles without overlap.
+
+    Tiles are edge.tiling's (a frame smaller than a tile is padded with its
+    median colour); each tile keeps the boxes whose centre it holds, clipped.
+    A fixed validation set that looks like what the deployed detector sees.
+    """
+    from edge.tiling import cut_tiles, make_grid
+    out = []
+    for i in range(len(source)):
+        image, boxes = source.load(i)
+        grid = make_grid(image.shape[1], image.shape[0], tile_size, 0)
+        out += [(tile, boxes_in_tile(boxes, int(x0), int(y0), tile_size))
+                for tile, (x0, y0) in zip(cut_tiles(image, grid), grid.origins)]
+    return out
+
+
 # ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -393,8 +484,9 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
 
     `source` defaults to ``SyntheticSource()``. With `ckpt_dir`, the state
     (model, optimiser, schedule, epoch, history) is written to
-    ``ckpt_dir/last.pt`` after every epoch and, when `resume`, training
-    continues from it. The data of epoch e depend only on (seed, e), so a
+    ``ckpt_dir/last.pt`` and the history to ``ckpt_dir/log.jsonl`` (one JSON
+    object per epoch) after every epoch and, when `resume`, training
+    continues from the checkpoint. The data of epoch e depend only on (seed, e), so a
     resumed run sees what an uninterrupted run would have.
     """
     from tqdm import tqdm
@@ -414,7 +506,7 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start_epoch, history = 0, []
-    ckpt_path = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
+    ckpt_path = Path(ckpt_dir) / CHECKPOINT if ckpt_dir is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state.get("config_name") != cfg.name:
@@ -477,4 +569,125 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
                         "history": history, "config_name": cfg.name,
                         "config": asdict(cfg), "seed": seed, "tile_size": tile_size}, tmp)
             os.replace(tmp, ckpt_path)
+            _write_log(history, ckpt_path.parent / LOG_FILE)
     return history
+
+
+def _write_log(history: list[dict], path: Path) -> None:
+    """The whole history, one JSON object a line, replaced atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
+    os.replace(tmp, path)
+
+
+
+# ---------------------------------------------------------------- a training run
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """What a `train_detector_run` learns from and how (saved as RUN/run.json).
+
+    Synthetic fields are rendered at the generator's 4 px/µm; `scale` resizes
+    the real images as the device's ``tiling.scale`` will resize its frames.
+    The scale that brings the real cells to 4 px/µm lets one detector learn
+    both at one pixel size: for BCCD 0.28 (its red cells' median box is
+    110 px, 7.5 µm at 4 px/µm is 30 px; white cells: median 205 px, 52-56 px
+    for a 13-14 µm neutrophil). `synthetic_fraction` of the samples are
+    synthetic; without `data`, all of them.
+    """
+    data: str | None = None
+    format: str = "voc"
+    classes: tuple[str, ...] = ("WBC",)
+    splits: tuple[str, ...] = ("train",)
+    val_split: str | None = "val"
+    synthetic_fraction: float = 0.3
+    scale: float = 0.28
+    arch: str = "detector_small"
+    tile_size: int = 256
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
+        if min(self.epochs, self.steps_per_epoch, self.batch_size, self.tile_size) < 1:
+            raise ValueError("epochs, steps_per_epoch, batch_size and tile_size must be positive")
+
+
+def recipe_sources(recipe: DetectorRecipe) -> tuple[SampleSource, DetectionDatasetSource | None]:
+    """The augmented training source and, with `recipe.data`, its real part."""
+    synthetic = SyntheticSource()
+    if recipe.data is None:
+        return AugmentedSource(synthetic), None
+    real = DetectionDatasetSource.from_folder(recipe.data, recipe.format, recipe.classes,
+                                              recipe.splits, recipe.scale)
+    f = recipe.synthetic_fraction
+    return AugmentedSource(MixedSource([real, synthetic], [1.0 - f, f])), real
+
+
+def recipe_validation(recipe: DetectorRecipe, synthetic_tiles: int = 64) -> list[Sample]:
+    """The validation split's fields in device tiles; without data, fixed synthetic tiles."""
+    if recipe.data is None:
+        return make_tiles(SyntheticSource(), synthetic_tiles, recipe.tile_size, seed=recipe.seed + 1)
+    if recipe.val_split is None:
+        return []
+    source = DetectionDatasetSource.from_folder(recipe.data, recipe.format, recipe.classes,
+                                                recipe.val_split, recipe.scale)
+    return field_tiles(source, recipe.tile_size)
+
+
+def _check_same_recipe(path: Path, recipe: DetectorRecipe) -> None:
+    """Refuse to resume under another recipe; only the number of epochs may change."""
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())["recipe"]
+    now = json.loads(json.dumps(asdict(recipe)))
+    changed = [k for k in now if k != "epochs" and saved.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"{path.parent} was trained with another recipe ({diffs}); resume with "
+                         "the same settings, or start over with --no-resume or a new --out")
+
+
+def train_detector_run(out: str | os.PathLike, recipe: DetectorRecipe, *, resume: bool = True,
+                       progress: bool = True, workers: int = 0,
+                       log: Callable[[str], None] | None = print) -> dict:
+    """Train per `recipe` in folder `out`, export ``out/detector.onnx``; return a summary.
+
+    `out` holds run.json (the recipe, the largest real box, the code commit),
+    last.pt (resumable), log.jsonl (one line per epoch, with the validation
+    recall and precision) and, at the end, the decoded detector as ONNX.
+    """
+    from export.deployed import git_commit
+    from export.models.detector import DecodedDetector, build_detector
+    from export.onnx_export import export_onnx
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / CHECKPOINT).exists():
+        _check_same_recipe(out / RUN_FILE, recipe)
+    source, real = recipe_sources(recipe)
+    val = recipe_validation(recipe)
+    if real is not None and recipe.val_split in recipe.splits and log:
+        log(f"warning: validation split {recipe.val_split!r} is also trained on; "
+            "its figures are optimistic")
+    (out / RUN_FILE).write_text(json.dumps({
+        "recipe": asdict(recipe), "train_images": len(real) if real is not None else 0,
+        "largest_box_px": real.largest_box_side() if real is not None else None,
+        "val_tiles": len(val), "code_commit": git_commit()}, indent=2) + "\n")
+    torch.manual_seed(recipe.seed)
+    model = build_detector(recipe.arch)
+    history = train_detector(model, tile_size=recipe.tile_size, epochs=recipe.epochs,
+                             steps_per_epoch=recipe.steps_per_epoch, batch_size=recipe.batch_size,
+                             seed=recipe.seed, lr=recipe.lr, source=source, ckpt_dir=out,
+                             resume=resume, num_workers=workers, val_samples=val or None,
+                             log=log, progress=progress)
+    onnx_path = export_onnx(DecodedDetector(model), recipe.tile_size, out / ONNX_FILE,
+                            output_names=("boxes", "scores"))
+    return {"run": str(out), "onnx": str(onnx_path), "checkpoint": str(out / CHECKPOINT),
+            "log": str(out / LOG_FILE), "epochs": len(history), "last": history[-1]}
