@@ -21,7 +21,7 @@ from edge.bundle import ModelSpec, Thresholds, load_bundle, write_bundle
 from edge.decision import confidence_of
 from edge.preprocess import Normalisation
 from export.classifier_training import load_weights
-from export.deployed import git_commit, onnx_scores
+from export.deployed import git_commit, onnx_scores, staged_bundle
 from export.datasets import Split
 from export.models.classifier import build_classifier
 from export.onnx_export import export_onnx
@@ -54,38 +54,32 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
     norm = Normalisation.from_dict(meta["normalisation"])
     detector_source = load_bundle(detector_bundle or DEFAULT_BUNDLE)
 
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    onnx_path = export_onnx(model.eval(), meta["img_size"], staging / "classifier.onnx", output_name="scores")
-    shutil.copy(detector_source.model_path(detector_source.detector), staging / detector_source.detector.file)
+    with staged_bundle(out) as staging:
+        onnx_path = export_onnx(model.eval(), meta["img_size"], staging / "classifier.onnx", output_name="scores")
+        shutil.copy(detector_source.model_path(detector_source.detector), staging / detector_source.detector.file)
 
-    figures = {}
-    for name in ("calibration", "validation"):
-        images, labels = read_split_images(data, split, name, meta["img_size"])
-        scores = onnx_scores(onnx_path, images, norm)
-        figures[name] = (confidence_of(scores, meta["head"]), scores.argmax(1), labels)
-    fit = fit_threshold(*figures["calibration"], target_accuracy, method=method)
-    if not fit.reached:
-        raise ValueError(f"no threshold reaches accepted accuracy {target_accuracy} on the calibration split")
-    validation = reject_metrics(*figures["validation"], fit.threshold, num_classes=len(meta["class_names"]))
-    size = meta["img_size"]
-    write_bundle(
-        staging, class_names=list(meta["class_names"]), classifier_head=meta["head"],
-        ccl_sigma=float(model.head.sigma) if meta["head"] == "ccl" else None,
-        detector=detector_source.detector,
-        classifier=ModelSpec("classifier.onnx", "0" * 64, "image", (-1, 3, size, size), ("scores",),
-                             normalisation=norm),
-        thresholds=Thresholds(float(fit.threshold), target_accuracy, method,
-                              calibration={"calibration": fit.calibration.to_dict(),
-                                           "validation": validation.to_dict()}),
-        tiling=detector_source.tiling,
-        provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
-                    "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),
-                    "detector_from": str(detector_source.root), "code_commit": git_commit(),
-                    "date": time.strftime("%Y-%m-%d"), "script": "edge export classifier-bundle"})
-    load_bundle(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        figures = {}
+        for name in ("calibration", "validation"):
+            images, labels = read_split_images(data, split, name, meta["img_size"])
+            scores = onnx_scores(onnx_path, images, norm)
+            figures[name] = (confidence_of(scores, meta["head"]), scores.argmax(1), labels)
+        fit = fit_threshold(*figures["calibration"], target_accuracy, method=method)
+        if not fit.reached:
+            raise ValueError(f"no threshold reaches accepted accuracy {target_accuracy} on the calibration split")
+        validation = reject_metrics(*figures["validation"], fit.threshold, num_classes=len(meta["class_names"]))
+        size = meta["img_size"]
+        write_bundle(
+            staging, class_names=list(meta["class_names"]), classifier_head=meta["head"],
+            ccl_sigma=float(model.head.sigma) if meta["head"] == "ccl" else None,
+            detector=detector_source.detector,
+            classifier=ModelSpec("classifier.onnx", "0" * 64, "image", (-1, 3, size, size), ("scores",),
+                                 normalisation=norm),
+            thresholds=Thresholds(float(fit.threshold), target_accuracy, method,
+                                  calibration={"calibration": fit.calibration.to_dict(),
+                                               "validation": validation.to_dict()}),
+            tiling=detector_source.tiling,
+            provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
+                        "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),
+                        "detector_from": str(detector_source.root), "code_commit": git_commit(),
+                        "date": time.strftime("%Y-%m-%d"), "script": "edge export classifier-bundle"})
     return {"bundle": str(out), "threshold": fit.to_dict(), "validation": validation.to_dict()}

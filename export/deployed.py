@@ -1,13 +1,16 @@
 """Helpers for measuring and sealing exported models: run them as the device does, record provenance."""
 from __future__ import annotations
 
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from edge.backends import open_runner
-from edge.bundle import ModelSpec
+from edge.bundle import ModelSpec, load_bundle
 from edge.engine import run_batched
 from edge.preprocess import Normalisation, to_model_input
 
@@ -26,3 +29,20 @@ def git_commit() -> str:
                               check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+@contextmanager
+def staged_bundle(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to build a bundle in; on success it must verify, then replaces `out`.
+
+    A failure anywhere leaves `out` as it was: a good bundle is never replaced
+    by a half-written or unverifiable one.
+    """
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    load_bundle(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)

@@ -20,7 +20,7 @@ import torch
 from edge.bundle import ModelSpec, Tiling, load_bundle, write_bundle
 from edge.preprocess import Normalisation
 from edge.synthetic import SmearConfig, max_cell_diameter_px
-from export.deployed import git_commit
+from export.deployed import git_commit, staged_bundle
 from export.detector_training import CHECKPOINT, RUN_FILE
 from export.models.detector import DecodedDetector, build_detector
 from export.onnx_export import export_onnx
@@ -69,28 +69,22 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
                          "train with a larger --tile or bundle with a smaller --scale")
     source = load_bundle(classifier_bundle or DEFAULT_BUNDLE)
 
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
-    shutil.copy(source.model_path(source.classifier), staging / source.classifier.file)
-    tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
-    write_bundle(
-        staging, class_names=list(source.class_names), classifier_head=source.classifier_head,
-        ccl_sigma=source.ccl_sigma,
-        detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile), ("boxes", "scores"),
-                           normalisation=Normalisation()),
-        classifier=source.classifier, thresholds=source.thresholds, tiling=tiling,
-        provenance={"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
-                    "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
-                    "detector_training_commit": info["code_commit"],
-                    "overlap_rule": rule, "largest_box_px": info["largest_box_px"],
-                    "classifier_from": str(source.root), "classifier_provenance": source.provenance,
-                    "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
-                    "script": "edge export detector-bundle"})
-    load_bundle(staging)  # never replace a bundle with one that does not verify
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    with staged_bundle(out) as staging:
+        export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
+        shutil.copy(source.model_path(source.classifier), staging / source.classifier.file)
+        tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
+        write_bundle(
+            staging, class_names=list(source.class_names), classifier_head=source.classifier_head,
+            ccl_sigma=source.ccl_sigma,
+            detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile), ("boxes", "scores"),
+                               normalisation=Normalisation()),
+            classifier=source.classifier, thresholds=source.thresholds, tiling=tiling,
+            provenance={"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
+                        "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
+                        "detector_training_commit": info["code_commit"],
+                        "overlap_rule": rule, "largest_box_px": info["largest_box_px"],
+                        "classifier_from": str(source.root), "classifier_provenance": source.provenance,
+                        "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+                        "script": "edge export detector-bundle"})
     return {"bundle": str(out), "tiling": tiling.to_dict(), "detector_epoch": int(state["epoch"]),
             "classifier_from": str(source.root)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,11 +13,11 @@ import torch
 
 from calibration.thresholds import ccl_confidence, fit_threshold
 from calibration.metrics import reject_metrics
-from edge.bundle import ModelSpec, Thresholds, Tiling, load_bundle, write_bundle
+from edge.bundle import ModelSpec, Thresholds, Tiling, write_bundle
 from edge.preprocess import Normalisation
 from edge.synthetic import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
 from export.classifier_training import ClassifierTrainConfig, train_classifier_arrays
-from export.deployed import git_commit, onnx_scores
+from export.deployed import git_commit, onnx_scores, staged_bundle
 from export.detector_training import train_detector
 from export.models.classifier import build_classifier
 from export.models.detector import DecodedDetector, build_detector
@@ -55,36 +54,30 @@ def make_synthetic_bundle(out: Path, recipe: SyntheticBundleRecipe, work: Path) 
     torch.manual_seed(recipe.seed)
     norm = Normalisation()
     work.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    started = time.time()
+    with staged_bundle(out) as staging:
+        started = time.time()
 
-    classifier_report, fitted = _make_classifier(staging / "classifier.onnx", recipe, norm, work)
-    detector_report = _make_detector(staging / "detector.onnx", recipe, work)
+        classifier_report, fitted = _make_classifier(staging / "classifier.onnx", recipe, norm, work)
+        detector_report = _make_detector(staging / "detector.onnx", recipe, work)
 
-    overlap = int(np.ceil(max_cell_diameter_px(SmearConfig()) / 8) * 8)
-    write_bundle(
-        staging,
-        class_names=list(DEFAULT_CLASSES),
-        classifier_head="ccl",
-        ccl_sigma=classifier_report["sigma"],
-        detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, recipe.tile_size, recipe.tile_size),
-                           ("boxes", "scores"), normalisation=norm),
-        classifier=ModelSpec("classifier.onnx", "0" * 64, "image", (-1, 3, recipe.crop_size, recipe.crop_size),
-                             ("scores",), normalisation=norm),
-        thresholds=Thresholds(fitted["threshold"], recipe.target_accuracy, recipe.threshold_method,
-                              calibration={"calibration": fitted["calibration"],
-                                           "validation": classifier_report["validation"]}),
-        tiling=Tiling(recipe.tile_size, overlap, 1.0, recipe.score_threshold, recipe.crop_context),
-        provenance={"data": "synthetic smear generator (edge.synthetic), no real images",
-                    "recipe": asdict(recipe), "code_commit": git_commit(),
-                    "date": time.strftime("%Y-%m-%d"), "script": "edge export synthetic-bundle"},
-    )
-    load_bundle(staging)  # never replace a good bundle with one that does not verify
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        overlap = int(np.ceil(max_cell_diameter_px(SmearConfig()) / 8) * 8)
+        write_bundle(
+            staging,
+            class_names=list(DEFAULT_CLASSES),
+            classifier_head="ccl",
+            ccl_sigma=classifier_report["sigma"],
+            detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, recipe.tile_size, recipe.tile_size),
+                               ("boxes", "scores"), normalisation=norm),
+            classifier=ModelSpec("classifier.onnx", "0" * 64, "image", (-1, 3, recipe.crop_size, recipe.crop_size),
+                                 ("scores",), normalisation=norm),
+            thresholds=Thresholds(fitted["threshold"], recipe.target_accuracy, recipe.threshold_method,
+                                  calibration={"calibration": fitted["calibration"],
+                                               "validation": classifier_report["validation"]}),
+            tiling=Tiling(recipe.tile_size, overlap, 1.0, recipe.score_threshold, recipe.crop_context),
+            provenance={"data": "synthetic smear generator (edge.synthetic), no real images",
+                        "recipe": asdict(recipe), "code_commit": git_commit(),
+                        "date": time.strftime("%Y-%m-%d"), "script": "edge export synthetic-bundle"},
+        )
     report = {"bundle": str(out), "classifier": classifier_report, "detector": detector_report,
               "threshold": fitted, "minutes": round((time.time() - started) / 60, 1)}
     (work / "report.json").write_text(json.dumps(report, indent=2))
