@@ -14,6 +14,7 @@ transform keeps the image's shape and dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -66,6 +67,16 @@ def crop_resize(image: np.ndarray, box: Box) -> np.ndarray:
     return cv2.resize(image[top:top + bh, left:left + bw], (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _ten_sizes(area: int, rng: np.random.Generator, scale: tuple[float, float],
+               ratio: tuple[float, float]) -> Iterator[tuple[int, int]]:
+    """torchvision's ten tries: sides (a, b) with a * b a `scale` fraction of `area`, a / b log-uniform in `ratio`."""
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        yield round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+
+
 def random_crop_box(height: int, width: int, rng: np.random.Generator,
                     scale: tuple[float, float] = (0.08, 1.0),
                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
@@ -73,13 +84,7 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
 
     Ten tries, then the largest central box with an aspect inside `ratio`.
     """
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
+    for w, h in _ten_sizes(height * width, rng, scale, ratio):
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     aspect = width / height
@@ -165,13 +170,7 @@ def random_erase_box(height: int, width: int, rng: np.random.Generator,
                      scale: tuple[float, float] = (0.02, 0.33),
                      ratio: tuple[float, float] = (0.3, 3.3)) -> Box | None:
     """torchvision's RandomErasing box (aspect h/w log-uniform in `ratio`); None if ten tries miss."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        h = round(math.sqrt(target * aspect))
-        w = round(math.sqrt(target / aspect))
+    for h, w in _ten_sizes(height * width, rng, scale, ratio):
         if 0 < h < height and 0 < w < width:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     return None
