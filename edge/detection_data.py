@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from edge.frames import IMAGE_SUFFIXES
+
 FORMATS = ("voc", "yolo")
 
 

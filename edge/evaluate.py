@@ -13,9 +13,8 @@ from edge.bundle import load_bundle
 from edge.detection_data import load_detection_dataset, select_classes
 from edge.detection_metrics import Prediction, Truth, evaluate_detection
 from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
-from edge.frames import FrameError, as_bgr8
+from edge.frames import IMAGE_SUFFIXES, FrameError, as_bgr8
 from edge.preprocess import to_model_input
-from edge.sources import IMAGE_SUFFIXES
 
 log = logging.getLogger("edge.eval")
 
@@ -63,6 +62,13 @@ def read_class_folders(data: Path, class_names: tuple[str, ...],
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def read_cell_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A single-cell image as the classifier sees it in evaluation and calibration: the whole
+    image, resized to `size` (height, width); FrameError if it cannot be read."""
+    image = as_bgr8(cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+
+
 def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxruntime",
                         threads: int | None = None, only: set[str] | None = None) -> dict:
     """Accuracy and reject-option figures of the bundle's classifier on single-cell images.
@@ -78,11 +84,10 @@ def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxrunti
         batch, idx = [], []
         for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
             try:
-                image = as_bgr8(cv2.imread(str(paths[i]), cv2.IMREAD_UNCHANGED))
+                batch.append(read_cell_image(paths[i], spec.input_hw))
             except FrameError as exc:
                 log.warning("skipped %s: %s", paths[i], exc)
                 continue
-            batch.append(cv2.resize(image, spec.input_hw[::-1], interpolation=cv2.INTER_AREA))
             idx.append(i)
         if batch:
             x = to_model_input(np.stack(batch), None, spec.normalisation)

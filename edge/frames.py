@@ -19,6 +19,7 @@ class Frame:
 
 
 MIN_SIDE = 16
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 def as_bgr8(image: np.ndarray | None) -> np.ndarray:

@@ -20,9 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.frames import Frame, FrameError, as_bgr8
+from edge.frames import IMAGE_SUFFIXES, Frame, FrameError, as_bgr8
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
 DEMO_SPEC = "synthetic:frames=12,seed=2026,vary=1"
 

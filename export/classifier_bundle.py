@@ -11,7 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -19,6 +18,7 @@ from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
 from edge.bundle import ModelSpec, Thresholds, load_bundle, write_bundle
 from edge.decision import confidence_of
+from edge.evaluate import read_cell_image
 from edge.preprocess import Normalisation
 from export.classifier_training import load_weights
 from export.deployed import git_commit, onnx_scores, staged_bundle
@@ -30,12 +30,7 @@ from export.onnx_export import export_onnx
 def read_split_images(data: Path, split: Split, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) BGR images of one split, resized as training and `edge eval classify` do."""
     items = split.items(name)
-    images = np.empty((len(items), size, size, 3), np.uint8)
-    for i, (rel, _) in enumerate(items):
-        image = cv2.imread(str(data / rel), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read {data / rel}")
-        images[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    images = np.stack([read_cell_image(data / rel, (size, size)) for rel, _ in items])
     return images, np.array([label for _, label in items], dtype=np.int64)
 
 

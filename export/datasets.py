@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from edge.frames import IMAGE_SUFFIXES
 from edge.preprocess import Normalisation, to_model_input
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 SPLITS = ("train", "calibration", "validation")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_FORMAT = 1
