@@ -65,7 +65,8 @@ def evaluate_detection(preds: Sequence[Prediction], gts: Sequence[Truth],
     precision (predictions with score >= score_threshold, IoU 0.5), count_mae
     and count_mape (per image: predictions with score >= score_threshold vs
     regular ground-truth boxes; MAPE is a fraction, 0.1 = 10 %, over the images
-    that have ground truth only). Extra keys: count_mape_images (images used by
+    that have ground truth only), count_exact_share (the share of images whose
+    count is exactly right). Extra keys: count_mape_images (images used by
     MAPE), gt_boxes, pred_boxes (counted at the threshold), score_threshold.
     """
     preds, gts = _check_inputs(preds, gts)
@@ -86,6 +87,7 @@ def evaluate_detection(preds: Sequence[Prediction], gts: Sequence[Truth],
         "precision": _ratio(tp, tp + fp),
         "count_mae": float(errors.mean()) if len(gts) else None,
         "count_mape": float(np.mean(errors[has_gt] / gt_counts[has_gt])) if has_gt.any() else None,
+        "count_exact_share": float(np.mean(errors == 0)) if len(gts) else None,
         "count_mape_images": int(has_gt.sum()),
         "gt_boxes": n_pos,
         "pred_boxes": int(pred_counts.sum()),

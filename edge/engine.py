@@ -20,6 +20,10 @@ from edge.preprocess import to_model_input
 from edge.tiling import cut_tiles, make_grid, stitch
 
 CLASSIFIER_BATCH = 64
+# Tiles per detector call on a CPU backend. A frame's tiles are cut and handed to
+# the detector together, but one 475-tile call runs slower than 16-tile calls:
+# the activations of a large batch no longer fit in cache (benchmarks/tiled_vs_naive.py).
+DETECTOR_BATCH = 16
 
 
 @dataclass
@@ -61,9 +65,8 @@ class CellCounter:
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """`detect` for several frames (sizes may differ), their tiles sharing detector batches.
 
-        `batch` tiles go through the detector at a time, rounded up to a multiple
-        of a static-batch model's batch; by default the tile count of the largest
-        frame, so that one frame is one batch.
+        `batch` tiles go through the detector at a time (default DETECTOR_BATCH),
+        rounded up to a multiple of a static-batch model's batch.
         """
         if not images:
             return []
@@ -71,7 +74,7 @@ class CellCounter:
         scaled = [_rescale(image, tiling.scale) for image in images]
         grids = [make_grid(s.shape[1], s.shape[0], tiling.tile_size, tiling.overlap) for s in scaled]
         tiles = np.concatenate([cut_tiles(s, g) for s, g in zip(scaled, grids)])
-        out = self._detect_tiles(tiles, batch or max(len(g) for g in grids))
+        out = self._detect_tiles(tiles, batch or DETECTOR_BATCH)
         results = []
         for grid, stop in zip(grids, np.cumsum([len(g) for g in grids])):
             start = stop - len(grid)

@@ -40,7 +40,20 @@ def to_model_input(images_bgr: np.ndarray, size: tuple[int, int] | None,
         h, w = size
         images_bgr = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
                                for im in images_bgr])
-    x = images_bgr[..., ::-1].astype(np.float32) * (1.0 / 255.0)
-    x -= np.asarray(norm.mean, dtype=np.float32)
-    x /= np.asarray(norm.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    n, h, w = images_bgr.shape[:3]
+    if n == 0:
+        return np.zeros((0, 3, h, w), dtype=np.float32)
+    # OpenCV does the swap, scaling, normalisation and NCHW layout in one pass,
+    # several times faster than the same arithmetic in NumPy on a frame of tiles.
+    return cv2.dnn.blobFromImagesWithParams(list(images_bgr), _blob_params(norm, (w, h)))
+
+
+def _blob_params(norm: Normalisation, size_wh: tuple[int, int]) -> "cv2.dnn.Image2BlobParams":
+    """(x / 255 - mean) / std per RGB channel, as (x - 255 mean) * 1 / (255 std)."""
+    params = cv2.dnn.Image2BlobParams()
+    params.scalefactor = tuple(1.0 / (255.0 * s) for s in norm.std) + (0.0,)
+    params.mean = tuple(255.0 * m for m in norm.mean) + (0.0,)
+    params.swapRB = True
+    params.ddepth = cv2.CV_32F
+    params.size = size_wh
+    return params

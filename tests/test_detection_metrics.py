@@ -7,7 +7,8 @@ import pytest
 from edge.detection_metrics import (Prediction, Truth, average_precision, box_iou,
                                     evaluate_detection)
 
-DESIGN_KEYS = {"images", "ap50", "map50_95", "recall", "precision", "count_mae", "count_mape"}
+DESIGN_KEYS = {"images", "ap50", "map50_95", "recall", "precision", "count_mae", "count_mape",
+               "count_exact_share"}
 
 
 def box(x: float, y: float, size: float = 10.0) -> list[float]:
@@ -124,6 +125,7 @@ def test_empty_predictions():
     assert r["precision"] is None  # nothing predicted
     assert r["count_mae"] == 0.5
     assert r["count_mape"] == 1.0 and r["count_mape_images"] == 1
+    assert r["count_exact_share"] == 0.5  # the empty image is counted exactly
 
 
 def test_no_ground_truth_anywhere():
@@ -137,6 +139,7 @@ def test_no_ground_truth_anywhere():
 def test_no_images():
     r = evaluate_detection([], [])
     assert r["images"] == 0 and r["count_mae"] is None and r["ap50"] is None
+    assert r["count_exact_share"] is None
 
 
 def test_shifted_boxes_lower_map50_95():
@@ -163,6 +166,7 @@ def test_count_metrics_by_hand():
     assert r["count_mae"] == pytest.approx((1 + 1 + 2) / 3)
     assert r["count_mape"] == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert r["count_mape_images"] == 2
+    assert r["count_exact_share"] == 0.0
     assert r["pred_boxes"] == 6 and r["gt_boxes"] == 6
     assert r["recall"] == pytest.approx(4 / 6)
     assert r["precision"] == pytest.approx(4 / 6)
