@@ -17,7 +17,7 @@ from edge.crops import crop_cells
 from edge.decision import Decisions, RejectRule
 from edge.frames import as_bgr8
 from edge.preprocess import to_model_input
-from edge.tiling import cut_tiles, make_grid, stitch
+from edge.tiling import TileGrid, cut_tiles, make_grid, stitch
 
 CLASSIFIER_BATCH = 64
 # Tiles per detector call on a CPU backend. A frame's tiles are cut and handed to
@@ -70,44 +70,72 @@ class CellCounter:
         """
         if not images:
             return []
+        tiles = self.cut_tiles(images)
+        return self.stitch_tiles(tiles, self.run_detector(tiles, batch))
+
+    # The stages of `detect_many`, public so that the real-time loop can run them in threads.
+
+    def cut_tiles(self, images: Sequence[np.ndarray]) -> "FrameTiles":
+        """Rescale each frame by the bundle's scale and cut it into the bundle's tile grid."""
         tiling = self.bundle.tiling
         scaled = [_rescale(image, tiling.scale) for image in images]
         grids = [make_grid(s.shape[1], s.shape[0], tiling.tile_size, tiling.overlap) for s in scaled]
-        tiles = np.concatenate([cut_tiles(s, g) for s, g in zip(scaled, grids)])
-        out = self._detect_tiles(tiles, batch or DETECTOR_BATCH)
-        results = []
-        for grid, stop in zip(grids, np.cumsum([len(g) for g in grids])):
-            start = stop - len(grid)
-            boxes, scores = stitch(out["boxes"][start:stop], out["scores"][start:stop], grid,
-                                   tiling.score_threshold)
-            results.append((boxes / np.float32(tiling.scale), scores))
-        return results
+        return FrameTiles(np.concatenate([cut_tiles(s, g) for s, g in zip(scaled, grids)]), grids)
 
-    def _detect_tiles(self, tiles: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-        """Detector outputs for uint8 tiles, `batch` (a multiple of a static batch) at a time."""
+    def run_detector(self, tiles: "FrameTiles", batch: int | None = None) -> dict[str, np.ndarray]:
+        """Detector outputs for all tiles, `batch` (a multiple of a static batch) at a time."""
         spec = self.bundle.detector
+        batch = batch or DETECTOR_BATCH
         fixed = spec.input_shape[0]
         if fixed > 0:
             batch = -(-batch // fixed) * fixed
         # normalised per batch: float32 tiles of several frames at once would take 4x their uint8 size
         parts = [run_batched(self.detector, spec,
-                             to_model_input(tiles[i:i + batch], None, spec.normalisation), batch)
-                 for i in range(0, len(tiles), batch)]
+                             to_model_input(tiles.pixels[i:i + batch], None, spec.normalisation), batch)
+                 for i in range(0, len(tiles.pixels), batch)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def stitch_tiles(self, tiles: "FrameTiles", outputs: dict[str, np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per frame: boxes (N, 4) in frame pixels and scores, each cell once."""
+        tiling = self.bundle.tiling
+        results = []
+        for grid, stop in zip(tiles.grids, np.cumsum([len(g) for g in tiles.grids])):
+            start = stop - len(grid)
+            boxes, scores = stitch(outputs["boxes"][start:stop], outputs["scores"][start:stop], grid,
+                                   tiling.score_threshold)
+            results.append((boxes / np.float32(tiling.scale), scores))
+        return results
 
     def classify(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, C) class scores for the cells in `boxes`."""
+        return self.classify_crops(self.crop(image, boxes))
+
+    def crop(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The classifier's view of each cell: (N, S, S, 3) uint8 BGR."""
+        size = self.bundle.classifier.input_hw[0]
+        return crop_cells(image, boxes, size, self.bundle.tiling.crop_context)
+
+    def classify_crops(self, crops: np.ndarray) -> np.ndarray:
         spec = self.bundle.classifier
-        crops = crop_cells(image, boxes, spec.input_hw[0], self.bundle.tiling.crop_context)
+        if len(crops) == 0:
+            return np.zeros((0, len(self.bundle.class_names)), dtype=np.float32)
         x = to_model_input(crops, None, spec.normalisation)
         return run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]]
 
     def count_field(self, image: np.ndarray) -> FieldResult:
         image = as_bgr8(image)
         boxes, det_scores = self.detect(image)
-        scores = self.classify(image, boxes) if len(boxes) else np.zeros(
-            (0, len(self.bundle.class_names)), dtype=np.float32)
+        scores = self.classify(image, boxes)
         return FieldResult(boxes, det_scores, scores, self.rule.decide(scores))
+
+
+@dataclass
+class FrameTiles:
+    """The uint8 tiles of one or more frames, in frame order, and each frame's grid."""
+
+    pixels: np.ndarray  # (T, tile, tile, 3) uint8 BGR
+    grids: list[TileGrid]
 
 
 def run_batched(runner: Runner, spec: ModelSpec, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:

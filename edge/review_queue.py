@@ -2,7 +2,11 @@
 
 A crop file is written and synced before its row is committed, so a row never
 points at a missing image; a crash between the two leaves at worst an orphan
-file, never a lost cell record.
+file, never a lost cell record. Each counted field is kept the same way as a
+context image (JPEG, long side at most CONTEXT_LONG_SIDE) for the expert.
+
+Schema versions (PRAGMA user_version): 0/1 had no `fields` table; 2 adds it.
+Opening an older queue adds the table; a newer one is refused.
 """
 from __future__ import annotations
 
@@ -29,7 +33,22 @@ CREATE TABLE IF NOT EXISTS rejected_cells (
     created     REAL NOT NULL,
     label       TEXT
 );
+CREATE TABLE IF NOT EXISTS fields (
+    frame_id    INTEGER PRIMARY KEY,
+    image_file  TEXT NOT NULL,
+    scale       REAL NOT NULL,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    created     REAL NOT NULL
+);
 """
+SCHEMA_VERSION = 2
+CONTEXT_LONG_SIDE = 1600
+CONTEXT_JPEG_QUALITY = 90
+
+
+class QueueVersionError(RuntimeError):
+    """A queue written by a newer version of edge."""
 
 
 @dataclass(frozen=True)
@@ -53,14 +72,20 @@ class ReviewQueue:
         self._db = sqlite3.connect(self.root / "queue.sqlite")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise QueueVersionError(f"{self.root / 'queue.sqlite'} has schema version {version}; "
+                                    f"this edge reads up to {SCHEMA_VERSION}")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def add(self, cells: list[RejectedCell], crops: list[np.ndarray]) -> None:
         """Store the cells of one field in one transaction."""
         rows = []
         for cell, crop in zip(cells, crops, strict=True):
             name = f"{cell.cell_id}.png"
-            _write_png_durably(self.crops_dir / name, crop)
+            _write_image_durably(self.crops_dir / name, crop)
             rows.append((cell.cell_id, cell.session_id, cell.frame_id, *cell.box, cell.suggested,
                          cell.confidence, cell.threshold, json.dumps(cell.class_scores),
                          f"crops/{name}", cell.created))
@@ -70,8 +95,30 @@ class ReviewQueue:
                 " confidence, threshold, class_scores, crop_file, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def add_field(self, frame_id: int, image: np.ndarray, created: float) -> None:
+        """Keep the field as a context image (downscaled when large) before its cells are queued."""
+        h, w = image.shape[:2]
+        scale = min(1.0, CONTEXT_LONG_SIDE / max(h, w))
+        if scale < 1.0:
+            image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        fields_dir = self.root / "fields"
+        fields_dir.mkdir(exist_ok=True)
+        name = f"f{frame_id:06d}.jpg"
+        _write_image_durably(fields_dir / name, image, [cv2.IMWRITE_JPEG_QUALITY, CONTEXT_JPEG_QUALITY])
+        with self._db:
+            self._db.execute("INSERT INTO fields (frame_id, image_file, scale, width, height, created)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", (frame_id, f"fields/{name}", scale, w, h, created))
+
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM rejected_cells").fetchone()[0]
+
+    def discard_after(self, frame_id: int) -> int:
+        """Drop what was queued for frames after `frame_id`: fields a crash stopped before
+        the session committed them. Resuming counts those frames again."""
+        with self._db:
+            n = self._db.execute("DELETE FROM rejected_cells WHERE frame_id > ?", (frame_id,)).rowcount
+            self._db.execute("DELETE FROM fields WHERE frame_id > ?", (frame_id,))
+        return n
 
     def cells(self) -> list[sqlite3.Row]:
         self._db.row_factory = sqlite3.Row
@@ -84,10 +131,10 @@ class ReviewQueue:
         self._db.close()
 
 
-def _write_png_durably(path: Path, image: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", image)
+def _write_image_durably(path: Path, image: np.ndarray, params: list[int] | None = None) -> None:
+    ok, encoded = cv2.imencode(path.suffix, image, params or [])
     if not ok:
-        raise OSError(f"cannot encode crop {path.name} as PNG")
+        raise OSError(f"cannot encode {path.name}")
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         fh.write(encoded.tobytes())

@@ -22,7 +22,7 @@ def test_run_writes_a_consistent_session(tmp_path, capsys):
     code, out = _run(tmp_path, "--source", "synthetic:frames=3,seed=4")
     assert code == 0
     printed = capsys.readouterr().out
-    assert "frame     2" in printed and "done: 3 fields counted" in printed
+    assert "frame     2" in printed and "3 fields counted" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] and results["frames"] == {"counted": 3, "skipped": 0}
     with open(out / "cells.csv") as fh:

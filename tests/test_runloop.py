@@ -1,0 +1,180 @@
+"""The real-time loop: pipelined stages, stop rules, drops, signals, crashes and resume."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edge import DEFAULT_BUNDLE
+from edge.bundle import load_bundle
+from edge.engine import CellCounter
+from edge.frames import Frame
+from edge.pipeline import Pipeline
+from edge.runloop import run_session
+from edge.session import Session, SessionError
+from edge.sources import FrameSource, open_source
+from edge.synthetic import render_field
+
+SOURCE = "synthetic:frames=6,seed=31"
+
+
+def cells_of(out):
+    """The counted cells of a session without their session-specific ids."""
+    with open(out / "cells.csv") as fh:
+        return sorted((r["frame_id"], r["x1"], r["y1"], r["x2"], r["y2"], r["predicted"], r["accepted"])
+                      for r in csv.DictReader(fh))
+
+
+def quiet_run(out, **kwargs):
+    with open(os.devnull, "w") as sink:
+        return run_session(DEFAULT_BUNDLE, kwargs.pop("source", SOURCE), out, threads=1, live=sink, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted, pipelined run of SOURCE."""
+    out = tmp_path_factory.mktemp("ref") / "s"
+    return out, quiet_run(out)
+
+
+def test_pipelined_and_sequential_count_the_same_cells(reference, tmp_path):
+    ref_out, ref = reference
+    seq = quiet_run(tmp_path / "seq", sequential=True)
+    assert ref["counts"] == seq["counts"] and ref["rejected"] == seq["rejected"]
+    assert cells_of(ref_out) == cells_of(tmp_path / "seq")
+    assert ref["loop"]["mode"] == "pipelined" and seq["loop"]["mode"] == "sequential"
+    assert ref["frames"]["counted"] == 6 and ref["loop"]["latency_ms"]["p99"] > 0
+
+
+def test_results_carry_intervals_and_annotated_fields(reference):
+    out, results = reference
+    d = results["differential"]
+    assert sum(v["count"] for v in d.values()) == results["accepted"]
+    for v in d.values():
+        assert v["ci_low"] <= v["percent"] <= v["ci_high"]
+    assert len(list((out / "fields").glob("f*.jpg"))) == 6
+
+
+def test_target_count_stops_after_the_field_that_reaches_it(reference, tmp_path):
+    _, ref = reference
+    results = quiet_run(tmp_path / "t", target=1)
+    assert results["frames"]["counted"] == 1
+    assert results["stop_reason"] == "target of 1 cells reached"
+    assert results["accepted"] + results["rejected"] >= 1
+
+
+def test_second_process_on_a_session_is_refused(reference, tmp_path):
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    first = Session(tmp_path / "s", bundle, "x")
+    try:
+        with pytest.raises(SessionError, match="another edge process"):
+            Session.resume(tmp_path / "s", bundle)
+    finally:
+        first.close()
+    with pytest.raises(SessionError, match="already holds a session"):
+        Session(tmp_path / "s", bundle, "x")
+
+
+def test_resume_with_another_bundle_is_refused(tmp_path, bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["provenance"]["note"] = "another bundle"
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    Session(tmp_path / "s", load_bundle(DEFAULT_BUNDLE), "x").close()
+    with pytest.raises(SessionError, match="same bundle"):
+        Session.resume(tmp_path / "s", load_bundle(bundle_copy))
+
+
+def _spawn(out, *extra):
+    code = ("import sys; from edge.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", code, "run", "--source", SOURCE, "--out", str(out),
+                             "--threads", "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for_fields(out, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads((out / "results.json").read_text())["frames"]["counted"] >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} fields within {timeout} s")
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_counts(reference, tmp_path):
+    ref_out, ref = reference
+    out = tmp_path / "killed"
+    proc = _spawn(out)
+    _wait_for_fields(out, 2, proc)
+    proc.kill()
+    proc.wait()
+    before = json.loads((out / "results.json").read_text())
+    assert not before["finished"] and before["frames"]["counted"] < 6
+    resumed = quiet_run(out, resume=True, source=None)
+    assert resumed["finished"] and resumed["frames"]["counted"] == 6
+    assert resumed["counts"] == ref["counts"] and resumed["rejected"] == ref["rejected"]
+    assert cells_of(out) == cells_of(ref_out)
+    import sqlite3
+    queued = sqlite3.connect(out / "review" / "queue.sqlite").execute(
+        "SELECT COUNT(*) FROM rejected_cells").fetchone()[0]
+    assert queued == ref["rejected"], "every rejected cell queued once"
+
+
+def test_sigterm_finishes_the_fields_in_hand(tmp_path):
+    out = tmp_path / "term"
+    proc = _spawn(out)
+    _wait_for_fields(out, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] and results["stop_reason"] == "stopped by SIGTERM"
+    assert results["frames"]["counted"] >= 1
+
+
+class FastLiveSource(FrameSource):
+    """A camera that delivers frames faster than the loop counts them."""
+
+    live = True
+
+    def __init__(self, frames: int):
+        self.image = render_field(seed=5).image
+        self.frames, self.next = frames, 0
+
+    def read(self):
+        if self.next >= self.frames:
+            return None
+        self.next += 1
+        return Frame(self.next - 1, self.image, time.time(), "live")
+
+
+def test_a_live_source_drops_the_oldest_waiting_fields_and_counts_the_drops():
+    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+        pipeline = Pipeline(counter, FastLiveSource(40), live=True)
+        ids = [job.frame_id for job in pipeline]
+    c = pipeline.counters
+    assert c.dropped > 0 and len(ids) + c.dropped == c.fields_taken == 40
+    assert ids == sorted(ids) and ids[-1] == 39, "the newest field is never the one dropped"
+
+
+def test_a_file_source_is_never_dropped_and_fields_batch_when_behind():
+    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+        pipeline = Pipeline(counter, open_source("synthetic:frames=8,seed=2"))
+        ids = [job.frame_id for job in pipeline]
+    assert ids == list(range(8)) and pipeline.counters.dropped == 0
+    assert pipeline.counters.batched_fields == 8
+
+
+def test_a_failing_stage_stops_the_loop_with_its_error():
+    class Broken(CellCounter):
+        def run_detector(self, tiles, batch=None):
+            raise RuntimeError("detector exploded")
+
+    with Broken(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+        with pytest.raises(RuntimeError, match="exploded"):
+            list(Pipeline(counter, open_source("synthetic:frames=5,seed=2")))
