@@ -123,8 +123,18 @@ def reject_metrics(confidence, predicted, labels, threshold: float,
     """
     conf, pred, lab = check_inputs(confidence, predicted, labels)
     t = check_threshold(threshold)
+    return decision_metrics(conf >= t, pred, lab, t, num_classes)
+
+
+def decision_metrics(accepted, predicted, labels, threshold: float,
+                     num_classes: int | None = None) -> RejectMetrics:
+    """`reject_metrics` for accept/reject decisions already made (e.g. by a conformal
+    predictor); `threshold` is only recorded. Arrays must be validated by `check_inputs`."""
+    accepted = np.asarray(accepted, dtype=bool)
+    pred, lab, t = np.asarray(predicted), np.asarray(labels), check_threshold(threshold)
+    if accepted.shape != lab.shape:
+        raise ValueError(f"accepted {accepted.shape} and labels {lab.shape} differ in shape")
     correct = pred == lab
-    accepted = conf >= t
     if num_classes is None:
         classes = np.unique(lab)
         size = int(classes[-1]) + 1
@@ -136,7 +146,7 @@ def reject_metrics(confidence, predicted, labels, threshold: float,
     counts = [np.bincount(lab, weights=w, minlength=size).astype(np.int64)
               for w in (None, correct, accepted, accepted & correct)]
     per_class = {int(c): _from_counts(*(int(k[c]) for k in counts), t) for c in classes}
-    overall = _from_counts(len(conf), int(correct.sum()), int(accepted.sum()),
+    overall = _from_counts(len(lab), int(correct.sum()), int(accepted.sum()),
                            int((accepted & correct).sum()), t)
     return replace(overall, per_class=per_class)
 
@@ -179,3 +189,59 @@ def aurc(confidence, predicted, labels) -> float:
     """
     coverage, risk, _ = risk_coverage_curve(confidence, predicted, labels)
     return float(np.sum(risk * np.diff(coverage, prepend=0.0)))
+
+
+@dataclass(frozen=True)
+class RejectReport:
+    """One reject rule judged on one data set: the figures at its operating point
+    (overall and per true class), and its risk-coverage curve and AURC, overall and
+    per true class, from the confidence that ranks the cells.
+
+    The curve of a threshold rule passes through its operating point; a rule that
+    also rejects on something else (the conformal predictor's empty sets) may lie
+    below its curve's coverage there.
+    """
+
+    metrics: RejectMetrics
+    aurc: float
+    curve: tuple[np.ndarray, np.ndarray]  # coverage, risk
+    per_class_aurc: dict[int, float | None]
+    per_class_curves: dict[int, tuple[np.ndarray, np.ndarray]]
+
+    def to_dict(self, curve_points: int | None = 101) -> dict:
+        """Plain JSON; curves are thinned to about `curve_points` points (None: all, 0: none)."""
+        out = self.metrics.to_dict()
+        out["aurc"] = self.aurc
+        for c, value in self.per_class_aurc.items():
+            out["per_class"][int(c)]["aurc"] = value
+        if curve_points != 0:
+            out["curve"] = _curve_dict(*self.curve, curve_points)
+            for c, curve in self.per_class_curves.items():
+                out["per_class"][int(c)]["curve"] = _curve_dict(*curve, curve_points)
+        return out
+
+
+def reject_report(confidence, predicted, labels, accepted, threshold: float,
+                  num_classes: int | None = None) -> RejectReport:
+    """Figures of a rule that accepted `accepted` and ranks cells by `confidence`."""
+    conf, pred, lab = check_inputs(confidence, predicted, labels)
+    metrics = decision_metrics(accepted, pred, lab, threshold, num_classes)
+    coverage, risk, _ = risk_coverage_curve(conf, pred, lab)
+    per_aurc, per_curve = {}, {}
+    for c in metrics.per_class:
+        mask = lab == c
+        if not mask.any():
+            per_aurc[c] = None
+            continue
+        cov_c, risk_c, _ = risk_coverage_curve(conf[mask], pred[mask], lab[mask])
+        per_aurc[c] = float(np.sum(risk_c * np.diff(cov_c, prepend=0.0)))
+        per_curve[c] = (cov_c, risk_c)
+    area = float(np.sum(risk * np.diff(coverage, prepend=0.0)))
+    return RejectReport(metrics, area, (coverage, risk), per_aurc, per_curve)
+
+
+def _curve_dict(coverage: np.ndarray, risk: np.ndarray, points: int | None) -> dict:
+    if points is not None and len(coverage) > points:
+        keep = np.unique(np.searchsorted(coverage, np.linspace(0.0, 1.0, points)).clip(0, len(coverage) - 1))
+        coverage, risk = coverage[keep], risk[keep]
+    return {"coverage": [round(float(v), 6) for v in coverage], "risk": [round(float(v), 6) for v in risk]}

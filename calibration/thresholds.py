@@ -9,7 +9,8 @@ When no candidate reaches the target, the fit returns threshold = math.inf with
 `reached=False`: it rejects everything, and `to_dict` writes it as "inf" (read it
 back with `float()`). A bundle should not ship such a threshold silently.
 
-Methods (the `method` names of `fit_threshold`; later baselines join `_FITTERS`):
+Methods (the `method` names of `fit_threshold`, also called the search; the softmax and
+ICP baselines live in `calibration.rules` and `calibration.conformal`):
 
 - "descending": the CCL paper's procedure.
 - "clopper-pearson": the same scan, held to an upper confidence bound on the
@@ -72,14 +73,14 @@ class ThresholdFit:
         }
 
 
-def _check_target(target_accuracy: float) -> float:
+def check_target(target_accuracy: float) -> float:
     t = float(target_accuracy)
     if not 0.0 < t <= 1.0:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     return t
 
 
-def _last_of_first_run(passes: np.ndarray, start: int = 0) -> int | None:
+def last_of_first_run(passes: np.ndarray, start: int = 0) -> int | None:
     """Index of the last pass in the run beginning at `start`; None if `start` fails.
 
     This is the first-crossing rule: walk down from `start` and stop at the first
@@ -112,9 +113,9 @@ def fit_threshold_descending(confidence, predicted, labels,
     already misses the target, nothing is accepted (reached=False).
     """
     conf, pred, lab = check_inputs(confidence, predicted, labels)
-    target = _check_target(target_accuracy)
+    target = check_target(target_accuracy)
     thresholds, n_accepted, n_correct = accept_counts(conf, pred == lab)
-    chosen = _last_of_first_run(n_correct / n_accepted >= target)
+    chosen = last_of_first_run(n_correct / n_accepted >= target)
     return _make_fit(conf, pred, lab, thresholds, chosen, target, "descending", None, None)
 
 
@@ -137,7 +138,7 @@ def fit_threshold_guaranteed(confidence, predicted, labels, target_accuracy: flo
     started (e.g. the most confident sample is wrong).
     """
     conf, pred, lab = check_inputs(confidence, predicted, labels)
-    target = _check_target(target_accuracy)
+    target = check_target(target_accuracy)
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     thresholds, n_accepted, n_correct = accept_counts(conf, pred == lab)
@@ -146,7 +147,7 @@ def fit_threshold_guaranteed(confidence, predicted, labels, target_accuracy: flo
     passes = binomial_cdf(errors, n_accepted, max_error) <= delta
     enough = binomial_cdf(0, n_accepted, max_error) <= delta
     start = int(np.argmax(enough)) if enough.any() else len(enough)
-    chosen = _last_of_first_run(passes, start)
+    chosen = last_of_first_run(passes, start)
     bound = None if chosen is None else float(
         clopper_pearson_upper(errors[chosen], n_accepted[chosen], delta))
     return _make_fit(conf, pred, lab, thresholds, chosen, target, "clopper-pearson", delta, bound)

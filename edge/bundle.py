@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import tarfile
@@ -19,12 +20,15 @@ from typing import Any
 
 from edge.preprocess import Normalisation
 
+log = logging.getLogger("edge.bundle")
+
 FORMAT_NAME = "edge-cell-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_ROLES = ("detector", "classifier")
 CLASSIFIER_HEADS = ("ccl", "softmax")
 PRECISIONS = ("fp32", "fp16", "int8")
+THRESHOLD_RULES = {"ccl": ("ccl",), "softmax": ("softmax", "icp")}
 
 
 class BundleError(ValueError):
@@ -61,21 +65,32 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Reject thresholds on the CCL confidence, fitted on the deployed model."""
+    """Reject thresholds, fitted on the outputs of the classifier whose SHA-256 they record.
+
+    `rule` is what they were fitted for: "ccl" (the CCL confidence), "softmax"
+    (the top probability) or "icp" (a conformal predictor's per-class probability
+    cuts); None means the head's own rule. `method` is the search ("descending",
+    the CCL paper's, or "clopper-pearson"), `confidence` its 1 - delta. A
+    per-class threshold of inf sends every cell predicted as that class to review.
+    """
 
     global_threshold: float
     target_accuracy: float
     method: str
     per_class: dict[str, float] = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    classifier_sha256: str | None = None
+    rule: str | None = None
+    confidence: float | None = None
 
     def for_class(self, name: str) -> float:
         return self.per_class.get(name, self.global_threshold)
 
     def to_dict(self) -> dict:
         return {"global": self.global_threshold, "target_accuracy": self.target_accuracy,
-                "method": self.method, "per_class": dict(self.per_class),
-                "calibration": self.calibration}
+                "method": self.method, "confidence": self.confidence, "rule": self.rule,
+                "per_class": {k: v if math.isfinite(v) else "inf" for k, v in self.per_class.items()},
+                "classifier_sha256": self.classifier_sha256, "calibration": self.calibration}
 
 
 @dataclass(frozen=True)
@@ -149,8 +164,12 @@ def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
 
 # ---------------------------------------------------------------- loading
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and verify a bundle folder or .tar; raise BundleError if it does not verify."""
+def load_bundle(path: str | Path, check_thresholds: bool = True) -> Bundle:
+    """Load and verify a bundle folder or .tar; raise BundleError if it does not verify.
+
+    `check_thresholds=False` skips only the check that the thresholds were fitted
+    on this classifier, for `edge calibrate`, which replaces them.
+    """
     path = Path(path)
     if not path.exists():
         raise BundleError(f"bundle not found: {path}")
@@ -164,7 +183,7 @@ def load_bundle(path: str | Path) -> Bundle:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
-    bundle = _parse_manifest(manifest, path.resolve(), hashlib.sha256(raw).hexdigest())
+    bundle = _parse_manifest(manifest, path.resolve(), hashlib.sha256(raw).hexdigest(), check_thresholds)
     for spec in (bundle.detector, bundle.classifier):
         _verify_file(bundle.root, spec)
     return bundle
@@ -186,7 +205,7 @@ def _extract_tar(archive: Path) -> Path:
     return target
 
 
-def _parse_manifest(m: Any, root: Path, manifest_sha: str) -> Bundle:
+def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: bool = True) -> Bundle:
     _require(isinstance(m, dict), "the manifest is not a JSON object")
     _require(m.get("format") == FORMAT_NAME,
              f"the manifest's format is {m.get('format')!r}, expected {FORMAT_NAME!r}")
@@ -218,7 +237,9 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str) -> Bundle:
              "the detector must have outputs 'boxes' and 'scores'")
     _require(len(classifier.outputs) == 1, "the classifier must have exactly one output")
 
-    thresholds = _parse_thresholds(m.get("thresholds"), names)
+    thresholds = _parse_thresholds(m.get("thresholds"), names, head)
+    if check_thresholds:
+        _check_thresholds_fit(thresholds, classifier, root)
     tiling = _parse_tiling(m.get("tiling"), detector)
     provenance = m.get("provenance")
     _require(isinstance(provenance, dict), "provenance must be an object")
@@ -267,7 +288,7 @@ def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
                      normalisation=Normalisation.from_dict(norm), precision=d["precision"])
 
 
-def _parse_thresholds(d: Any, names: list[str]) -> Thresholds:
+def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
     _require(isinstance(d, dict), "thresholds is not an object")
     g = d.get("global")
     _require(_is_number(g) and math.isfinite(g), "thresholds.global must be a finite number")
@@ -276,12 +297,36 @@ def _parse_thresholds(d: Any, names: list[str]) -> Thresholds:
     _require(isinstance(d.get("method"), str), "thresholds.method must be a string")
     per_class = d.get("per_class", {})
     _require(isinstance(per_class, dict) and all(
-        k in names and _is_number(v) and math.isfinite(v) for k, v in per_class.items()),
-        "thresholds.per_class must map known class names to finite numbers")
+        k in names and (v == "inf" or _is_number(v) and math.isfinite(v)) for k, v in per_class.items()),
+        'thresholds.per_class must map known class names to finite numbers or "inf"')
     calibration = d.get("calibration", {})
     _require(isinstance(calibration, dict), "thresholds.calibration must be an object")
+    sha = d.get("classifier_sha256")
+    _require(sha is None or isinstance(sha, str) and len(sha) == 64,
+             "thresholds.classifier_sha256 must be a 64-character hex digest")
+    rule = d.get("rule")
+    allowed = THRESHOLD_RULES[head]
+    _require(rule is None or rule in allowed,
+             f"thresholds.rule {rule!r} does not apply to a {head} head (allowed: {', '.join(allowed)})")
+    confidence = d.get("confidence")
+    _require(confidence is None or _is_number(confidence) and 0 < confidence < 1,
+             "thresholds.confidence must be in (0, 1) or null")
     return Thresholds(float(g), float(target), d["method"],
-                      {k: float(v) for k, v in per_class.items()}, calibration)
+                      {k: float(v) for k, v in per_class.items()}, calibration,
+                      sha.lower() if sha else None, rule,
+                      float(confidence) if confidence is not None else None)
+
+
+def _check_thresholds_fit(thresholds: Thresholds, classifier: ModelSpec, root: Path) -> None:
+    """Thresholds belong to the model they were fitted on: refuse them on any other."""
+    fitted = thresholds.classifier_sha256
+    if fitted is None:
+        log.warning("the thresholds of bundle %s do not record the classifier they were fitted for; "
+                    "refit them on this model with `edge calibrate`", root)
+    elif fitted != classifier.sha256:
+        raise BundleError(f"the thresholds were fitted for classifier sha256 {fitted[:12]}..., not for this "
+                          f"bundle's {classifier.file} ({classifier.sha256[:12]}...): "
+                          "refit them on this model with `edge calibrate`")
 
 
 def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:

@@ -1,4 +1,4 @@
-"""`edge` command line: run, eval, info, synth, export, bench."""
+"""`edge` command line: run, eval, info, synth, export, bench, build-engines."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,10 @@ class UserError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER refuses a leading --option: edge-bench parses its own
+        from edge.bench import main as bench_main
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -40,11 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe a user's mistake or a bad input, not a bug: one line, no traceback."""
     from edge.bundle import BundleError
+    from edge.display import DisplayError
+    from edge.calibrate import CalibrationError
     from edge.detection_data import DatasetError
     from edge.evaluate import EvalDataError
+    from edge.review import ReviewError
     from edge.session import SessionError
     from edge.sources import SourceError
-    return (BundleError, DatasetError, EvalDataError, SessionError, SourceError, OSError)
+    return (BundleError, CalibrationError, DatasetError, DisplayError, EvalDataError, ReviewError, SessionError, SourceError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="demo (default), synthetic[:frames=N,seed=S], an image folder, a video file or a camera index")
     run.add_argument("--out", type=Path, default=None,
                      help="session folder for results (default: edge-out/<session id>)")
-    run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    run.add_argument("--max-frames", type=int, default=None, help="stop after this many fields")
+    run.add_argument("--target", type=int, default=None,
+                     help="stop when this many nucleated cells were found (e.g. 100, 200, 500)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the session in --out after a crash or a stop")
+    run.add_argument("--no-save-fields", dest="save_fields", action="store_false",
+                     help="do not write annotated fields under the session folder")
+    run.add_argument("--field-trigger", choices=("auto", "every", "still"), default="auto",
+                     help="when a frame is a new field: every frame, or once the image is still after the "
+                          "stage moved (auto: still for cameras, videos and synthetic-stage)")
+    run.add_argument("--still-seconds", type=float, default=0.3,
+                     help="how long the image must rest before a field is taken (--field-trigger still)")
+    run.add_argument("--serial", default=None, metavar="PORT|sim",
+                     help="take fields when the microscope's firmware says FIELD_READY on this serial port "
+                          "(or on a simulated microscope: sim)")
+    run.add_argument("--sim-fields", type=int, default=12, help="fields the simulated stage visits (--serial sim)")
+    run.add_argument("--sim-noise", type=float, default=0.0,
+                     help="share of bytes corrupted on the simulated serial line (--serial sim)")
+    run.add_argument("--display", action="store_true",
+                     help="show the newest field and the tally in a window (needs OpenCV with a GUI)")
+    run.add_argument("--sequential", action="store_true",
+                     help="run the stages one after another instead of pipelined (for comparison)")
     _runtime_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -108,9 +136,81 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("rest", nargs=argparse.REMAINDER)
     export.set_defaults(handler=_cmd_export)
 
+    cal = sub.add_parser("calibrate", help="refit a bundle's reject thresholds on its own classifier")
+    _bundle_arg(cal)
+    cal.add_argument("--data", type=Path, required=True, help="labelled single-cell images, one folder per class")
+    cal.add_argument("--split-file", type=Path, default=None, help="fit on one split of this split file")
+    cal.add_argument("--split", default="calibration", help="the split to fit on (default calibration)")
+    cal.add_argument("--eval-split", default=None, help="also judge every rule on this held-out split")
+    cal.add_argument("--target-accuracy", type=float, required=True, help="accepted accuracy to reach, e.g. 0.99")
+    cal.add_argument("--confidence", type=float, default=0.95,
+                     help="probability that the target holds on new cells (clopper-pearson; default 0.95)")
+    cal.add_argument("--search", choices=("clopper-pearson", "descending"), default="clopper-pearson",
+                     help="clopper-pearson (guaranteed, default) or descending (the CCL paper's)")
+    cal.add_argument("--method", choices=("ccl", "softmax", "icp"), default=None,
+                     help="the rule to deploy (default: the head's own: ccl or softmax)")
+    cal.add_argument("--per-class", action="store_true", help="a threshold per predicted class")
+    cal.add_argument("--min-per-class", type=int, default=30,
+                     help="fewer calibration cells than this: the class uses the global threshold")
+    cal.add_argument("--compare", type=Path, action="append", default=[],
+                     help="another bundle whose own rules join the report (repeatable)")
+    cal.add_argument("--out", type=Path, required=True, help="the new bundle")
+    cal.add_argument("--report", type=Path, default=None, help="report folder (default: OUT-report)")
+    _runtime_args(cal)
+    cal.set_defaults(handler=_cmd_calibrate)
+
     bench = sub.add_parser("bench", help="latency profiling (same as edge-bench)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=lambda a: __import__("edge.bench", fromlist=["main"]).main(a.rest))
+
+    review = sub.add_parser("review", help="expert review of rejected cells: export an archive, import labels")
+    review_sub = review.add_subparsers(title="what", metavar="WHAT")
+    rexp = review_sub.add_parser("export", help="rejected cells, a review page and the manifest as one .zip")
+    rexp.add_argument("--session", type=Path, action="append", required=True,
+                      help="session folder from `edge run` (repeat for several)")
+    rexp.add_argument("--out", type=Path, required=True, help="the archive to write (.zip)")
+    rexp.add_argument("--include", action="append", choices=("accepted-sample",), default=[],
+                      help="accepted-sample: add a random sample of accepted cells as a quality check")
+    rexp.add_argument("--sample-size", type=int, default=20, help="accepted cells per session (default 20)")
+    rexp.add_argument("--seed", type=int, default=0, help="seed of the accepted sample")
+    rexp.set_defaults(handler=_cmd_review_export)
+    rimp = review_sub.add_parser("import", help="an expert's labels back into the session and the final count")
+    rimp.add_argument("--session", type=Path, action="append", required=True,
+                      help="session folder the archive was made from (repeat for several)")
+    rimp.add_argument("--labels", type=Path, required=True,
+                      help="labels .json saved by the review page, or the archive returned with it inside")
+    rimp.add_argument("--reviewer", default=None, help="who labelled (default: the name in the labels file)")
+    rimp.add_argument("--dataset", type=Path, default=None,
+                      help="also write the labelled crops here, one folder per class")
+    rimp.set_defaults(handler=_cmd_review_import)
+
+    engines = sub.add_parser("build-engines", help="build TensorRT engines for a bundle on this GPU (Jetson)")
+    _bundle_arg(engines)
+    engines.add_argument("--precision", choices=("fp16", "int8"), default=None,
+                         help="default: int8 for the bundle's QDQ models, fp16 for the others")
+    engines.add_argument("--max-batch", type=int, default=None,
+                         help="largest batch an engine takes (default: a frame's tiles; the classifier batch)")
+    engines.add_argument("--frame-size", default="640x480",
+                         help="camera frame WIDTHxHEIGHT; its tile count is the detector's batch")
+    engines.add_argument("--cache", type=Path, default=None,
+                         help="engine cache folder (default $EDGE_TRT_CACHE or ~/.cache/edge-cellcount/tensorrt)")
+    engines.add_argument("--force", action="store_true", help="rebuild engines that are still fresh")
+    engines.add_argument("--dry-run", action="store_true", help="print the build plan and stop; needs no GPU")
+    engines.add_argument("-v", "--verbose", action="store_true")
+    engines.set_defaults(handler=_cmd_build_engines)
+
+    fwsim = sub.add_parser("firmware-sim", help="simulate the microscope's firmware on a pseudo-terminal")
+    fwsim.add_argument("--fields", type=int, default=12, help="fields on the slide (default 12)")
+    fwsim.add_argument("--settle-ms", type=float, default=50.0, help="stage settle time per field (default 50)")
+    fwsim.add_argument("--noise", type=float, default=0.0,
+                       help="probability that a byte is corrupted or dropped, each direction (default 0)")
+    fwsim.add_argument("--seed", type=int, default=0, help="seed of the line noise")
+    fwsim.add_argument("--baud", type=int, default=None,
+                       help="pace bytes as a UART at this rate would (default: as fast as the pty)")
+    fwsim.add_argument("--link", default=None,
+                       help="also make this symlink to the pty, stable across unplug and replug")
+    fwsim.add_argument("-v", "--verbose", action="store_true")
+    fwsim.set_defaults(handler=_cmd_firmware_sim)
     return p
 
 
@@ -127,8 +227,15 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args) -> int:
     from edge.runloop import run_session
-    results = run_session(args.bundle, args.source, args.out, backend=args.backend,
-                          threads=args.threads, max_frames=args.max_frames)
+    if args.resume and args.out is None:
+        raise UserError("--resume needs the session folder: --out DIR")
+    results = run_session(None if args.resume and args.bundle == DEFAULT_BUNDLE else args.bundle,
+                          None if args.resume and args.source == "demo" else args.source, args.out,
+                          backend=args.backend, threads=args.threads, max_frames=args.max_frames,
+                          target=args.target, resume=args.resume, save_fields=args.save_fields,
+                          sequential=args.sequential, display=args.display, serial=args.serial,
+                          sim_fields=args.sim_fields, sim_noise=args.sim_noise,
+                          field_trigger=args.field_trigger, still_seconds=args.still_seconds)
     return 0 if results["frames"]["counted"] else 1
 
 
@@ -165,6 +272,26 @@ def _cmd_eval_detect(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from edge.calibrate import calibrate_bundle, markdown_table
+    from edge.evaluate import read_split_file
+    if args.eval_split and not args.split_file:
+        raise UserError("--eval-split needs --split-file")
+    only = read_split_file(args.split_file, args.split) if args.split_file else None
+    held_out = read_split_file(args.split_file, args.eval_split) if args.eval_split else None
+    report_dir = args.report or args.out.with_name(args.out.name + "-report")
+    note = {"split_file": str(args.split_file), "fit_split": args.split,
+            "evaluation_split": args.eval_split} if args.split_file else {}
+    report = calibrate_bundle(args.bundle, args.data, args.out, target_accuracy=args.target_accuracy,
+                              confidence=args.confidence, per_class=args.per_class, method=args.method,
+                              only=only, backend=args.backend, threads=args.threads, search=args.search,
+                              min_per_class=args.min_per_class, evaluate_only=held_out,
+                              compare=tuple(args.compare), report_dir=report_dir, source_note=note)
+    print(markdown_table(report), end="")
+    print(f"bundle {args.out}; report {report_dir}")
+    return 0
+
+
 def _cmd_synth_crops(args) -> int:
     from edge.synthetic_datasets import write_crop_folders
     n = write_crop_folders(args.out, args.per_class, args.size, args.seed)
@@ -185,6 +312,66 @@ def _cmd_export(args) -> int:
     except ImportError as exc:
         raise UserError(f"'edge export' needs the export extra (pip install -e '.[export]'): {exc}") from None
     return export_main(args.rest)
+
+
+def _cmd_build_engines(args) -> int:
+    from edge.backends import BackendError
+    from edge.backends.tensorrt_plan import BuildPlanError, plan_builds
+    from edge.bundle import load_bundle
+    width, _, height = args.frame_size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise UserError(f"--frame-size must be WIDTHxHEIGHT, e.g. 1920x1080, got {args.frame_size!r}")
+    bundle = load_bundle(args.bundle)
+    try:
+        builds = plan_builds(bundle, args.precision, args.max_batch, (int(width), int(height)))
+        if args.dry_run:
+            print("\n".join(b.summary() for b in builds))
+            return 0
+        from edge.backends.tensorrt_build import build_engines
+        from edge.backends.tensorrt_cache import EngineCache, default_cache_dir
+        outcomes = build_engines(builds, EngineCache(args.cache or default_cache_dir()), force=args.force)
+    except (BackendError, BuildPlanError) as exc:
+        raise UserError(str(exc)) from None
+    for o in outcomes:
+        took = "" if o.action == "cached" else f" in {o.seconds:.1f} s"
+        p = o.build.profile
+        print(f"{o.build.role:<10} {o.build.precision} batch {p.min}/{p.opt}/{p.max}  {o.action}{took}  {o.engine}")
+    return 0
+
+
+def _cmd_review_export(args) -> int:
+    from edge.review.archive_export import export_archive
+    if args.sample_size < 1:
+        raise UserError("--sample-size must be at least 1")
+    summary = export_archive(args.session, args.out, tuple(args.include), args.sample_size, args.seed)
+    print(f"wrote {summary['archive']}: {summary['rejected']} rejected and {summary['accepted_sample']} "
+          f"accepted-sample cells; open review.html inside it (archive {summary['archive_id']})")
+    return 0
+
+
+def _cmd_review_import(args) -> int:
+    from edge.review.label_import import FINAL_RESULTS, import_labels
+    summary = import_labels(args.session, args.labels, args.reviewer, args.dataset)
+    print(f"{summary['labels']} labels from {summary['reviewer']}: {summary['changed']} changed, "
+          f"{summary['unchanged']} already recorded")
+    for session_id, final in summary["final"].items():
+        shares = "  ".join(f"{n} {p:.1f} %" for n, p in final["differential_percent"].items())
+        state = "complete" if final["complete"] else f"incomplete ({final['rejected']['pending']} unlabelled, " \
+                                                     f"{final['rejected']['unsure']} unsure)"
+        print(f"{session_id}: {final['counted']} cells counted, {state} -> {FINAL_RESULTS}\n  {shares}")
+    if summary["dataset_crops"] is not None:
+        print(f"wrote {summary['dataset_crops']} labelled crops under {args.dataset}")
+    return 0
+
+
+def _cmd_firmware_sim(args) -> int:
+    from firmware_bridge.simulator import FirmwareSimulator, run_console
+    if args.fields < 1 or args.settle_ms < 0 or not 0 <= args.noise < 1 or (args.baud or 1) < 1:
+        raise UserError("--fields must be at least 1, --settle-ms at least 0, --noise from 0 to below 1, "
+                        "and --baud positive")
+    sim = FirmwareSimulator(args.fields, settle_s=args.settle_ms / 1000, noise=args.noise, seed=args.seed,
+                            link_path=args.link, baud=args.baud)
+    return run_console(sim, sys.stdin, sys.stdout)
 
 
 def _emit(report: dict, path: Path | None) -> None:

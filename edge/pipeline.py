@@ -83,6 +83,9 @@ class Pipeline:
     def stop(self) -> None:
         """Take no more fields; those already taken still come out."""
         self._stop.set()
+        cancel = getattr(self.source, "cancel", None)  # a source that may wait long for its next field
+        if cancel is not None:
+            cancel()
 
     @property
     def stopping(self) -> bool:

@@ -8,6 +8,7 @@ final results written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -22,13 +23,19 @@ import numpy as np
 
 from edge.annotate import FieldWriter
 from edge.bundle import load_bundle
+from edge.display import LiveWindow
 from edge.engine import CellCounter
+from edge.field_overlap import OverlapFilter
+from edge.firmware_fields import FirmwareFieldSource
 from edge.pipeline import FieldJob, Pipeline
 from edge.progress import Progress
 from edge.session import Session, SessionError
-from edge.sources import open_source
+from edge.sources import CameraSource, FrameSource, VideoFileSource, open_source
+from edge.stage_source import StageSource
+from edge.stillness import StillnessTrigger
 
 log = logging.getLogger("edge.run")
+SIM_BAUD = 115200  # the simulated line runs at a real UART's pace
 
 
 @dataclass
@@ -40,46 +47,62 @@ class RunOptions:
     target: int | None = None           # stop when this many nucleated cells have been found
     save_fields: bool = True            # annotated fields under <out>/fields/
     sequential: bool = False            # the stages one after another (the benchmark's reference)
+    display: bool = False               # a live window (needs OpenCV with a GUI)
+    field_trigger: str = "auto"         # every | still | auto (still for cameras, videos and stages)
+    still_seconds: float = 0.3          # how long the image must rest before a field is taken
+    serial: str | None = None           # the firmware's serial port, or "sim" for the simulator
+    sim_fields: int = 12                # fields the simulator's stage visits (--serial sim)
+    sim_noise: float = 0.0              # share of corrupted bytes on the simulated line
 
 
-def run_session(bundle_path: Path | None, source_spec: str | None, out_dir: Path | None,
+def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None, out_dir: Path | None,
                 backend: str = "onnxruntime", threads: int | None = None, max_frames: int | None = None,
                 live=None, *, target: int | None = None, resume: bool = False, save_fields: bool = True,
-                sequential: bool = False) -> dict:
-    """Count a source's fields into a session folder (or continue one); return the results."""
+                sequential: bool = False, display: bool = False, serial: str | None = None,
+                sim_fields: int = 12, sim_noise: float = 0.0, field_trigger: str = "auto",
+                still_seconds: float = 0.3) -> dict:
+    """Count a source's fields into a session folder (or continue one); return the results.
+
+    `source_spec` is a source string (see edge.sources) or an open FrameSource."""
     stream = live or sys.stdout
     if resume:
         bundle_path, source_spec = _resume_defaults(out_dir, bundle_path, source_spec)
-    options = RunOptions(source=source_spec or "demo", backend=backend, threads=threads,
-                         max_fields=max_frames, target=target, save_fields=save_fields, sequential=sequential)
+    given = source_spec if isinstance(source_spec, FrameSource) else None
+    options = RunOptions(source=given.description if given else source_spec or "demo", backend=backend,
+                         threads=threads, max_fields=max_frames, target=target, save_fields=save_fields,
+                         sequential=sequential, display=display, serial=serial, sim_fields=sim_fields,
+                         sim_noise=sim_noise, field_trigger=field_trigger, still_seconds=still_seconds)
     bundle = load_bundle(bundle_path)
-    source = open_source(options.source)
-    try:
-        if out_dir is None:
-            out_dir = Path("edge-out") / time.strftime("session-%Y%m%dT%H%M%S")
+    out_dir = Path(out_dir) if out_dir else Path("edge-out") / time.strftime("session-%Y%m%dT%H%M%S")
+    with contextlib.ExitStack() as cleanup:
+        window = LiveWindow() if display else None
+        if window is not None:
+            cleanup.callback(window.close)
+        source = given or open_source(options.source)
+        cleanup.callback(source.close)
+        firmware = _open_firmware(options, cleanup) if serial else None
+        if firmware is not None:
+            source = FirmwareFieldSource(firmware, source)
         session = (Session.resume(out_dir, bundle) if resume else
                    Session(out_dir, bundle, source.description, settings=asdict(options)))
-    except BaseException:
-        source.close()
-        raise
-    progress = Progress(stream)
-    verb = "resumed" if resume else "started"
-    progress.message(f"session {session.session_id} {verb}: {source.description} -> {out_dir}")
-    counter = CellCounter(bundle, backend=backend, threads=threads)
-    writer = FieldWriter(Path(out_dir) / "fields") if save_fields else None
-    pipeline = Pipeline(counter, source, live=getattr(source, "live", False),
-                        skip_through=session.last_frame_id(), sequential=sequential)
-    recorder = _Recorder(session, pipeline, progress, writer, options)
-    try:
-        with _stop_on_signals(recorder):
-            recorder.consume()
-    finally:
-        results = session.close(recorder.stop_reason, recorder.loop_stats())
+        progress = Progress(stream)
+        progress.message(f"session {session.session_id} {'resumed' if resume else 'started'}: "
+                         f"{source.description} -> {out_dir}")
+        counter = cleanup.enter_context(CellCounter(bundle, backend=backend, threads=threads))
+        writer = FieldWriter(out_dir / "fields") if save_fields else None
         if writer is not None:
-            writer.close()
-        source.close()
-        counter.close()
-        progress.finish()
+            cleanup.callback(writer.close)
+        trigger = _field_trigger(options, source, firmware)
+        pipeline = Pipeline(counter, source, trigger.update if trigger else lambda frame: True,
+                            live=source.live, skip_through=session.last_frame_id(), sequential=sequential)
+        overlap = OverlapFilter(out_dir) if trigger or firmware else None
+        recorder = _Recorder(session, pipeline, progress, writer, window, firmware, overlap, options)
+        try:
+            with _stop_on_signals(recorder):
+                recorder.consume()
+        finally:
+            results = session.close(recorder.stop_reason, recorder.loop_stats())
+            progress.finish()
     progress.message(_summary(results))
     return results
 
@@ -88,9 +111,11 @@ class _Recorder:
     """The last stage: record fields in order and apply the stop rules."""
 
     def __init__(self, session: Session, pipeline: Pipeline, progress: Progress,
-                 writer: "FieldWriter | None", options: RunOptions):
+                 writer: FieldWriter | None, window: LiveWindow | None, firmware,
+                 overlap: OverlapFilter | None, options: RunOptions):
         self.session, self.pipeline, self.progress = session, pipeline, progress
-        self.writer, self.options = writer, options
+        self.writer, self.window, self.firmware, self.options = writer, window, firmware, options
+        self.overlap = overlap
         self.stop_reason = "end of source"
         self.latencies: list[float] = []
         self.fields_handled = 0
@@ -107,6 +132,12 @@ class _Recorder:
             self.fields_handled += 1
             if self._limit_reached():
                 self.pipeline.stop()
+                if self.firmware is not None and self.options.target is not None:
+                    tally = self.session.tally
+                    self.firmware.target_reached(tally.total_accepted + tally.rejected)
+        ended_by = getattr(self.pipeline.source, "ended_by", "")
+        if ended_by and self.stop_reason == "end of source":
+            self.stop_reason = ended_by
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -128,12 +159,28 @@ class _Recorder:
             self.session.skip(job.frame_id, job.error)
             self.progress.message(f"frame {job.frame_id:>5}  skipped: {job.error}")
             return
-        self.session.record(job.frame, job.result)
+        image, result = job.frame.image, job.result
+        duplicates, shift = (self.overlap.duplicates(image, result.boxes) if self.overlap is not None
+                             else (None, None))
+        self.session.record(job.frame, result, duplicates, shift)
+        if self.overlap is not None:
+            self.overlap.remember(image, result.boxes)
         self.latencies.append(time.perf_counter() - job.grabbed)
+        names = self.session.bundle.class_names
         if self.writer is not None:
-            self.writer.put(job.frame.frame_id, job.frame.image, job.result,
-                            self.session.bundle.class_names)
-        self.progress.field(job.frame_id, len(job.result), 0, self.session.tally)
+            self.writer.put(job.frame_id, image, result, names, duplicates)
+        seen = int(duplicates.sum()) if duplicates is not None else 0
+        self.progress.field(job.frame_id, len(result) - seen, seen, self.session.tally)
+        if self.window is not None and not self.window.show(image, result, names, self.session.tally,
+                                                            duplicates):
+            self.request_stop("stopped from the window")
+        if self.firmware is not None:
+            tally = self.session.tally
+            self.firmware.show_tally(tally.accepted, tally.rejected, self.options.target or 0)
+        names = self.session.bundle.class_names
+        if self.window is not None and not self.window.show(job.frame.image, job.result, names,
+                                                            self.session.tally):
+            self.request_stop("stopped from the window")
 
     def loop_stats(self) -> dict:
         elapsed = time.perf_counter() - self._started
@@ -146,6 +193,7 @@ class _Recorder:
                             for k, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
                            if len(lat) else None),
             "not_counted_after_stop": self.not_counted_after_stop,
+            "fields_not_registered": self.overlap.unregistered if self.overlap is not None else None,
             **self.pipeline.counters.to_dict(),
         }
         source_stats = getattr(self.pipeline.source, "stats", None)
@@ -171,6 +219,31 @@ def _stop_on_signals(recorder: _Recorder):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _field_trigger(options: RunOptions, source: FrameSource, firmware) -> StillnessTrigger | None:
+    """None when every frame is a field (image folders, synthetic fields, firmware-announced fields)."""
+    mode = options.field_trigger
+    if mode == "auto":
+        continuous = isinstance(source, (CameraSource, VideoFileSource, StageSource))
+        mode = "still" if continuous and firmware is None else "every"
+    if mode == "every":
+        return None
+    if mode != "still":
+        raise SessionError(f"unknown field trigger {mode!r}: use every, still or auto")
+    return StillnessTrigger(still_seconds=options.still_seconds)
+
+
+def _open_firmware(options: RunOptions, cleanup: contextlib.ExitStack):
+    """The serial link, to a real port or to a simulator started here (`--serial sim`)."""
+    from firmware_bridge import FirmwareLink
+    port = options.serial
+    if port == "sim":
+        from firmware_bridge.simulator import FirmwareSimulator
+        simulator = cleanup.enter_context(FirmwareSimulator(fields=options.sim_fields, noise=options.sim_noise,
+                                                            seed=0, baud=SIM_BAUD))
+        port = simulator.path
+    return cleanup.enter_context(FirmwareLink(port).open())
 
 
 def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec: str | None

@@ -19,7 +19,6 @@ import os
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from edge.decision import Decisions
 from edge.differential import differential
 from edge.engine import FieldResult
 from edge.frames import Frame
+from edge.registration import Shift
 from edge.review_queue import RejectedCell, ReviewQueue
 from edge.tally import Tally
 
@@ -61,14 +61,6 @@ CREATE TABLE IF NOT EXISTS skipped (frame_id INTEGER PRIMARY KEY, reason TEXT NO
 
 class SessionError(RuntimeError):
     """A session folder that cannot be used."""
-
-
-@dataclass(frozen=True)
-class FieldShift:
-    """Where this field lies relative to the previous one, when it was registered."""
-
-    dx: float
-    dy: float
 
 
 class Session:
@@ -150,7 +142,7 @@ class Session:
         return -1 if row[0] is None else int(row[0])
 
     def record(self, frame: Frame, result: FieldResult, duplicates: np.ndarray | None = None,
-               shift: FieldShift | None = None) -> None:
+               shift: Shift | None = None) -> None:
         """Count one field: its rejected cells into the review queue, then the field and its
         cells in one transaction. `duplicates` marks cells already counted in the previous
         field (the stage moved less than a field); they are not counted again."""

@@ -16,7 +16,7 @@ import torch
 
 from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
-from edge.bundle import ModelSpec, Thresholds, load_bundle, write_bundle
+from edge.bundle import ModelSpec, Thresholds, load_bundle, sha256_file, write_bundle
 from edge.decision import confidence_of
 from edge.evaluate import read_cell_image
 from edge.preprocess import Normalisation
@@ -71,7 +71,9 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
                                  normalisation=norm),
             thresholds=Thresholds(float(fit.threshold), target_accuracy, method,
                                   calibration={"calibration": fit.calibration.to_dict(),
-                                               "validation": validation.to_dict()}),
+                                               "validation": validation.to_dict()},
+                                  classifier_sha256=sha256_file(onnx_path), rule=meta["head"],
+                                  confidence=1 - fit.delta if fit.delta is not None else None),
             tiling=detector_source.tiling,
             provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
                         "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),

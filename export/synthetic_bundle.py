@@ -13,7 +13,7 @@ import torch
 
 from calibration.thresholds import ccl_confidence, fit_threshold
 from calibration.metrics import reject_metrics
-from edge.bundle import ModelSpec, Thresholds, Tiling, write_bundle
+from edge.bundle import ModelSpec, Thresholds, Tiling, sha256_file, write_bundle
 from edge.preprocess import Normalisation
 from edge.synthetic import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
 from export.classifier_training import ClassifierTrainConfig, train_classifier_arrays
@@ -72,7 +72,8 @@ def make_synthetic_bundle(out: Path, recipe: SyntheticBundleRecipe, work: Path) 
                                  ("scores",), normalisation=norm),
             thresholds=Thresholds(fitted["threshold"], recipe.target_accuracy, recipe.threshold_method,
                                   calibration={"calibration": fitted["calibration"],
-                                               "validation": classifier_report["validation"]}),
+                                               "validation": classifier_report["validation"]},
+                                  classifier_sha256=sha256_file(staging / "classifier.onnx"), rule="ccl"),
             tiling=Tiling(recipe.tile_size, overlap, 1.0, recipe.score_threshold, recipe.crop_context),
             provenance={"data": "synthetic smear generator (edge.synthetic), no real images",
                         "recipe": asdict(recipe), "code_commit": git_commit(),

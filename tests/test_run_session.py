@@ -88,3 +88,13 @@ def test_import_edge_and_a_whole_run_load_no_torch(tmp_path):
 def test_info_describes_the_default_bundle(capsys):
     assert main(["info", str(DEFAULT_BUNDLE)]) == 0
     assert "classes" in capsys.readouterr().out
+
+
+def test_display_without_a_gui_is_a_one_line_error(tmp_path, capsys):
+    import cv2
+    if "GTK" in cv2.getBuildInformation() or "Cocoa" in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has a GUI")
+    code, out = _run(tmp_path, "--source", "synthetic:frames=1", "--display")
+    err = capsys.readouterr().err
+    assert code == 2 and "--display needs OpenCV with a GUI" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "session.json").exists(), "nothing started"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from edge.backends.base import BackendError, Runner, TensorSpec
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def open_runner(backend: str, model_path: str | Path, threads: int | None = None) -> Runner:
@@ -13,6 +13,9 @@ def open_runner(backend: str, model_path: str | Path, threads: int | None = None
     if backend == "onnxruntime":
         from edge.backends.onnxruntime import OrtRunner
         return OrtRunner(model_path, threads=threads)
+    if backend == "tensorrt":  # needs tensorrt and pycuda, imported only now
+        from edge.backends.tensorrt import TrtRunner
+        return TrtRunner(model_path)
     raise BackendError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,53 @@
+"""The naive reference pipeline that the engine's speed is measured against.
+
+What a researcher writes first, end to end on one field: the torch models in
+eager FP32; the frame cut into the engine's overlapping tiles and detected one
+tile at a time; the tiles' boxes merged by NMS over the whole frame; then every
+cell cropped, preprocessed and classified on its own; the same CCL decision and
+tally. Crops, preprocessing and the decision rule are the engine's, so the
+difference is batching, the runtime and the stitching.
+
+    from benchmarks.naive_pipeline import NaivePipeline, load_classifier
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.tiled_vs_naive import naive_detect
+from edge.bundle import Bundle
+from edge.crops import crop_cells
+from edge.decision import Decisions, RejectRule
+from edge.preprocess import to_model_input
+from export.models.classifier import build_classifier
+
+DETECTOR_CHECKPOINT = Path("runs/synthetic-bundle/detector/last.pt")
+CLASSIFIER_CHECKPOINT = Path("runs/synthetic-bundle/classifier/last.pt")
+CLASSIFIER_ARCH = "crossformer_tiny_test"  # the default bundle's, from its provenance
+
+
+def load_classifier(checkpoint: Path, bundle: Bundle, arch: str = CLASSIFIER_ARCH) -> torch.nn.Module:
+    model = build_classifier(arch, bundle.classifier.input_hw[0], len(bundle.class_names),
+                             head=bundle.classifier_head)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    return model.eval()
+
+
+class NaivePipeline:
+    def __init__(self, detector: torch.nn.Module, classifier: torch.nn.Module, bundle: Bundle):
+        self.detector, self.classifier, self.bundle = detector, classifier, bundle
+        self.rule = RejectRule(bundle)
+
+    @torch.no_grad()
+    def count_field(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, Decisions]:
+        """Boxes (N, 4), class scores (N, C) and decisions for one BGR field (scale 1 bundles)."""
+        t, spec = self.bundle.tiling, self.bundle.classifier
+        boxes = naive_detect(self.detector, image, t.tile_size, t.overlap, t.score_threshold,
+                             self.bundle.detector.normalisation)
+        scores = np.zeros((len(boxes), len(self.bundle.class_names)), np.float32)
+        for i, box in enumerate(boxes):
+            crop = crop_cells(image, box[None], spec.input_hw[0], t.crop_context)
+            scores[i] = self.classifier(torch.from_numpy(to_model_input(crop, None, spec.normalisation)))[0].numpy()
+        return boxes, scores, self.rule.decide(scores)

@@ -1,0 +1,83 @@
+"""The final differential after review: machine-accepted cells plus expert-labelled ones, with 95 % intervals.
+
+A rejected cell counts once an expert gives it a class; "not a cell" removes
+it, "unsure" or no answer leaves it out and marks the count incomplete. An
+expert's class for a cell of the accepted sample replaces the machine's.
+The intervals are exact two-sided Clopper-Pearson intervals on each class's
+share of the counted cells: the sampling uncertainty of the differential, not
+the classifier's error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from calibration.binomial import clopper_pearson_upper
+from edge.review import NOT_A_CELL, UNSURE
+
+CONFIDENCE = 0.95
+
+
+def clopper_pearson_interval(k: np.ndarray, n: int, confidence: float = CONFIDENCE) -> np.ndarray:
+    """(lower, upper) per entry of k successes in n trials, as an array of shape (len(k), 2)."""
+    k = np.asarray(k, dtype=np.int64)
+    half = (1.0 - confidence) / 2
+    upper = np.where(k == n, 1.0, clopper_pearson_upper(np.minimum(k, n - 1), n, half))
+    lower = np.where(k == 0, 0.0, 1.0 - clopper_pearson_upper(np.minimum(n - k, n - 1), n, half))
+    return np.stack([lower, upper], axis=1)
+
+
+def final_differential(class_names: tuple[str, ...], accepted: dict[str, str], rejected: dict[str, str],
+                       labels: dict[str, str]) -> dict:
+    """accepted and rejected map cell id -> the machine's class; labels map cell id -> the expert's answer."""
+    index = {n: i for i, n in enumerate(class_names)}
+    machine = np.zeros(len(class_names), np.int64)
+    expert = np.zeros(len(class_names), np.int64)
+    qc = {"checked": 0, "agreed": 0, "relabelled": 0, "not_a_cell": 0, "unsure": 0}
+    for cell, predicted in accepted.items():
+        answer = labels.get(cell)
+        if answer is None or answer == UNSURE:
+            machine[index[predicted]] += 1
+            qc["unsure"] += answer == UNSURE
+            continue
+        qc["checked"] += 1
+        qc["agreed"] += answer == predicted
+        if answer == NOT_A_CELL:
+            qc["not_a_cell"] += 1
+        else:
+            qc["relabelled"] += answer != predicted
+            expert[index[answer]] += 1
+    answers = [labels.get(cell) for cell in rejected]
+    for answer in answers:
+        if answer in index:
+            expert[index[answer]] += 1
+    counts = machine + expert
+    total = int(counts.sum())
+    pending = answers.count(None)
+    unsure = answers.count(UNSURE)
+    report = {
+        "complete": pending == 0 and unsure == 0,
+        "counted": total,
+        "counts": _by_class(class_names, counts),
+        "differential_percent": _by_class(class_names, 100.0 * counts / total if total else 0.0 * counts),
+        "ci95_percent": None,
+        "counts_by_origin": {"machine": _by_class(class_names, machine), "expert": _by_class(class_names, expert)},
+        "rejected": {"total": len(answers), "labelled": sum(a in index for a in answers),
+                     "not_a_cell": answers.count(NOT_A_CELL), "unsure": unsure, "pending": pending},
+        "accepted_sample": {**qc, "agreement": None, "agreement_ci95": None},
+        "method": ("rejected cells counted under the expert's class; 'not a cell' removed; 'unsure' and "
+                   "unlabelled cells left out (complete=false); 95 % intervals are exact two-sided "
+                   "Clopper-Pearson on each class's share of the counted cells"),
+    }
+    if total:
+        ci = clopper_pearson_interval(counts, total)
+        report["ci95_percent"] = {n: [round(100 * lo, 3), round(100 * hi, 3)] for n, (lo, hi) in zip(class_names, ci)}
+    if qc["checked"]:
+        report["accepted_sample"]["agreement"] = qc["agreed"] / qc["checked"]
+        lo, hi = clopper_pearson_interval([qc["agreed"]], qc["checked"])[0]
+        report["accepted_sample"]["agreement_ci95"] = [float(lo), float(hi)]
+    return report
+
+
+def _by_class(class_names: tuple[str, ...], values: np.ndarray) -> dict:
+    return {n: (int(v) if np.issubdtype(np.asarray(values).dtype, np.integer) else round(float(v), 4))
+            for n, v in zip(class_names, values)}

@@ -1,0 +1,116 @@
+"""What a session keeps for review: context images of its fields, the queue's schema version and its
+migration; and the helpers the other review tests use to make sessions and archives."""
+import csv
+import hashlib
+import json
+import shutil
+import sqlite3
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import DEFAULT_BUNDLE
+from edge.cli import main
+from edge.review_queue import CONTEXT_LONG_SIDE, SCHEMA_VERSION, QueueVersionError, ReviewQueue
+
+
+def make_session(root, frames=2, threshold=0.97, seed=5):
+    """An `edge run` session on synthetic fields; a high threshold sends many cells to review."""
+    bundle = root / "bundle"
+    if not bundle.exists():
+        shutil.copytree(DEFAULT_BUNDLE, bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["thresholds"]["global"] = threshold
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = root / f"session-{seed}"
+    assert main(["run", "--bundle", str(bundle), "--source", f"synthetic:frames={frames},seed={seed}",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def rename_class(session, old, new):
+    """Rename a class throughout a session's records, as a bundle with that class name would have written them."""
+    meta = json.loads((session / "session.json").read_text())
+    meta["class_names"] = [new if n == old else n for n in meta["class_names"]]
+    (session / "session.json").write_text(json.dumps(meta))
+    with sqlite3.connect(session / "review" / "queue.sqlite") as db:
+        db.execute("UPDATE rejected_cells SET suggested = ? WHERE suggested = ?", (new, old))
+    with open(session / "cells.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    column = rows[0].index("predicted")
+    for row in rows[1:]:
+        row[column] = new if row[column] == old else row[column]
+    with open(session / "cells.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def export(session_dirs, out, *extra):
+    args = ["review", "export", "--out", str(out), *extra]
+    for s in session_dirs:
+        args += ["--session", str(s)]
+    assert main(args) == 0
+    return out
+
+
+def archive_manifest(archive):
+    with zipfile.ZipFile(archive) as zf:
+        raw = zf.read("manifest.json")
+    return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+
+def labels_for(archive, answers, reviewer="Dr Test"):
+    """A labels file as the review page saves it; answers maps cell id -> label."""
+    manifest, sha = archive_manifest(archive)
+    return {"format": "edge-review-labels", "version": 1, "archive_id": manifest["archive_id"],
+            "manifest_sha256": sha, "reviewer": reviewer, "saved": "2026-11-22T10:00:00Z",
+            "labels": [{"cell_id": c, "label": v, "labelled_at": "2026-11-22T09:59:00Z"} for c, v in answers.items()]}
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    return make_session(tmp_path_factory.mktemp("records"))
+
+
+def test_every_counted_field_is_kept_as_a_context_image(session):
+    db = sqlite3.connect(session / "review" / "queue.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    fields = db.execute("SELECT frame_id, image_file, scale, width, height FROM fields ORDER BY frame_id").fetchall()
+    assert [f[0] for f in fields] == [0, 1]
+    for _, image_file, scale, width, height in fields:
+        image = cv2.imread(str(session / "review" / image_file))
+        assert scale == 1.0 and image.shape[:2] == (height, width) == (480, 640)
+    frames = {r[0] for r in db.execute("SELECT frame_id FROM rejected_cells")}
+    assert frames and frames <= {f[0] for f in fields}
+    assert json.loads((session / "session.json").read_text())["class_names"][0] == "neutrophil"
+
+
+def test_a_large_field_is_downscaled_for_context(tmp_path):
+    queue = ReviewQueue(tmp_path / "review")
+    queue.add_field(3, np.full((3000, 4096, 3), 128, np.uint8), 1.0)
+    row = queue._db.execute("SELECT image_file, scale, width, height FROM fields").fetchone()
+    queue.close()
+    image = cv2.imread(str(tmp_path / "review" / row[0]))
+    assert max(image.shape[:2]) == CONTEXT_LONG_SIDE and row[2:] == (4096, 3000)
+    assert row[1] == pytest.approx(CONTEXT_LONG_SIDE / 4096)
+
+
+def test_an_older_queue_is_migrated_and_a_newer_one_refused(tmp_path):
+    root = tmp_path / "review"
+    root.mkdir()
+    db = sqlite3.connect(root / "queue.sqlite")
+    db.execute("CREATE TABLE rejected_cells (cell_id TEXT PRIMARY KEY, session_id TEXT, frame_id INTEGER,"
+               " x1 REAL, y1 REAL, x2 REAL, y2 REAL, suggested TEXT, confidence REAL, threshold REAL,"
+               " class_scores TEXT, crop_file TEXT, created REAL, label TEXT)")
+    db.commit()
+    db.close()
+    ReviewQueue(root).close()
+    db = sqlite3.connect(root / "queue.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("SELECT COUNT(*) FROM fields").fetchone()[0] == 0
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(QueueVersionError, match="schema version"):
+        ReviewQueue(root)
