@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from edge.decision import Decisions
 from edge.differential import differential
 from edge.engine import FieldResult
 from edge.frames import Frame
+from edge.quality import QUALITY_PREFIX, quality_check_name
 from edge.registration import Shift
 from edge.review_queue import RejectedCell, ReviewQueue
 from edge.tally import Tally
@@ -68,21 +70,30 @@ class Session:
                  settings: dict | None = None):
         self.out_dir = Path(out_dir)
         self.bundle = bundle
-        exists = (self.out_dir / "session.sqlite").exists()
-        if resume and not exists:
+        if resume and not (self.out_dir / "session.sqlite").exists():
             raise SessionError(f"{self.out_dir} holds no session to resume")
-        if not resume and (exists or (self.out_dir / "session.json").exists()):
+        # session.json is written last when a session is created: without it, nothing was counted
+        if not resume and (self.out_dir / "session.json").exists():
             raise SessionError(f"{self.out_dir} already holds a session; choose a new --out folder "
                                "or continue it with --resume")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.out_dir)
+        try:
+            self._open(bundle, source, resume, settings)
+        except (OSError, sqlite3.OperationalError) as exc:  # a full disk, a read-only folder
+            self._lock.close()
+            raise SessionError(f"cannot open the session in {self.out_dir} ({exc})") from exc
+
+    def _open(self, bundle: Bundle, source: str, resume: bool, settings: dict | None) -> None:
         self._db = sqlite3.connect(self.out_dir / "session.sqlite", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self.review = ReviewQueue(self.out_dir / "review")
         self.tally = Tally(bundle.class_names)
+        self.sections: dict[str, dict] = {}  # more sections of results.json, e.g. "drift" from the loop
         self.resumed = resume
+        self.write_failed = False
         if resume:
             self._reopen(bundle)
         else:
@@ -106,7 +117,8 @@ class Session:
         meta = {"session_id": self.session_id, "source": source, "started": self.started,
                 "bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_sha256,
                 "class_names": list(bundle.class_names), "settings": settings}
-        with self._db:
+        with self._db:  # a creation stopped before session.json was written left its meta behind
+            self._db.execute("DELETE FROM meta")
             self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                                  [(k, json.dumps(v)) for k, v in meta.items()])
         self._atomic_json("session.json", meta)
@@ -143,6 +155,11 @@ class Session:
 
     def record(self, frame: Frame, result: FieldResult, duplicates: np.ndarray | None = None,
                shift: Shift | None = None) -> None:
+        with self._stop_on_write_failure(frame.frame_id):
+            self._record(frame, result, duplicates, shift)
+
+    def _record(self, frame: Frame, result: FieldResult, duplicates: np.ndarray | None = None,
+                shift: Shift | None = None) -> None:
         """Count one field: its rejected cells into the review queue, then the field and its
         cells in one transaction. `duplicates` marks cells already counted in the previous
         field (the stage moved less than a field); they are not counted again."""
@@ -178,25 +195,52 @@ class Session:
         self._write_results(finished=False)
 
     def skip(self, frame_id: int | None, reason: str) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)",
-                             (-1 if frame_id is None else frame_id, reason))
-        self._write_results(finished=False)
+        with self._stop_on_write_failure(frame_id):
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)",
+                                 (-1 if frame_id is None else frame_id, reason))
+            self._write_results(finished=False)
+
+    @contextmanager
+    def _stop_on_write_failure(self, frame_id: int | None):
+        """A full disk or an I/O error: what was committed stays, and the message says how to go on."""
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as exc:  # disk full, I/O error
+            self.write_failed = True
+            raise SessionError(
+                f"cannot record frame {frame_id} in {self.out_dir} ({exc}); the {self.frames_counted} fields "
+                f"committed so far are kept: free space, then continue with "
+                f"`edge run --resume --out {self.out_dir}`") from exc
 
     def close(self, stop_reason: str = "end of source", loop_stats: dict | None = None) -> dict:
-        results = self._write_results(finished=True, stop_reason=stop_reason, loop_stats=loop_stats)
-        self._cells_file.close()
-        self.review.close()
-        self._db.close()
-        self._lock.close()
-        return results
+        """Write the final results and release the folder. After a failed write the last
+        results.json snapshot stays as it is (a resume rewrites it) and the results are only read."""
+        with ExitStack() as release:  # every one is released, whichever fails
+            for item in (self._lock, self._db, self.review):
+                release.callback(item.close)
+            release.callback(self._close_cells_file)
+            if self.write_failed:
+                return self.results(finished=False, stop_reason=stop_reason, loop_stats=loop_stats)
+            return self._write_results(finished=True, stop_reason=stop_reason, loop_stats=loop_stats)
+
+    def _close_cells_file(self) -> None:
+        try:
+            self._cells_file.flush()
+            os.fsync(self._cells_file.fileno())
+            self._cells_file.close()
+        except OSError:
+            if not self.write_failed:  # else rows the full disk refused: a resume rewrites the file
+                raise
 
     # ------------------------------------------------------------ views
 
     def results(self, finished: bool, stop_reason: str | None = None, loop_stats: dict | None = None) -> dict:
         t = self.bundle.thresholds
-        skipped = [{"frame_id": f, "reason": r}
-                   for f, r in self._db.execute("SELECT frame_id, reason FROM skipped ORDER BY frame_id")]
+        not_counted = [{"frame_id": f, "reason": r}
+                       for f, r in self._db.execute("SELECT frame_id, reason FROM skipped ORDER BY frame_id")]
+        skipped = [s for s in not_counted if not s["reason"].startswith(QUALITY_PREFIX)]
+        refused = [s for s in not_counted if s["reason"].startswith(QUALITY_PREFIX)]
         duplicates = self._db.execute("SELECT COALESCE(SUM(duplicates), 0) FROM fields").fetchone()[0]
         out = {
             "session_id": self.session_id,
@@ -205,8 +249,10 @@ class Session:
             "started": self.started,
             "updated": time.time(),
             "finished": finished,
-            "frames": {"counted": self.frames_counted, "skipped": len(skipped)},
+            "frames": {"counted": self.frames_counted, "skipped": len(skipped),
+                       "rejected_for_quality": len(refused)},
             "skipped_frames": skipped,
+            "fields_rejected_for_quality": _quality_summary(refused),
             "counts": self.tally.counts(),
             "differential_percent": self.tally.differential(),
             "differential": differential(self.tally.counts()),
@@ -216,6 +262,7 @@ class Session:
             "thresholds": {"global": t.global_threshold, "target_accuracy": t.target_accuracy,
                            "per_class": t.per_class},
         }
+        out.update(self.sections)
         if stop_reason is not None:
             out["stop_reason"] = stop_reason
         if loop_stats is not None:
@@ -223,15 +270,16 @@ class Session:
         return out
 
     def _write_results(self, finished: bool, **extra) -> dict:
+        # Per field the snapshot is replaced atomically but not synced: session.sqlite is
+        # the durable record, and a resumed session rewrites this view from it.
         results = self.results(finished, **extra)
-        self._atomic_json("results.json", results)
+        self._atomic_json("results.json", results, durable=finished)
         return results
 
     def _append_cells_csv(self, rows: list[tuple], origin: str) -> None:
         for cell_id, frame_id, *rest in rows:
             self._cells.writerow([cell_id, self.session_id, frame_id, origin, *rest])
-        self._cells_file.flush()
-        os.fsync(self._cells_file.fileno())
+        self._cells_file.flush()  # not synced: a resumed session rewrites cells.csv from the database
 
     def _rewrite_cells_csv(self) -> None:
         tmp = self.out_dir / "cells.csv.tmp"
@@ -247,12 +295,13 @@ class Session:
             os.fsync(fh.fileno())
         os.replace(tmp, self.out_dir / "cells.csv")
 
-    def _atomic_json(self, name: str, data: dict) -> None:
+    def _atomic_json(self, name: str, data: dict, durable: bool = True) -> None:
         tmp = self.out_dir / (name + ".tmp")
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, self.out_dir / name)
 
 
@@ -265,6 +314,15 @@ def _lock_folder(folder: Path):
         fh.close()
         raise SessionError(f"{folder} is being counted by another edge process") from None
     return fh
+
+
+def _quality_summary(refused: list[dict]) -> dict:
+    """Fields the quality gate refused: how many, how many broke each check, and each field's reasons."""
+    by_check: dict[str, int] = {}
+    for s in refused:
+        for name in set(quality_check_name(s["reason"])):
+            by_check[name] = by_check.get(name, 0) + 1
+    return {"count": len(refused), "by_check": dict(sorted(by_check.items())), "fields": refused}
 
 
 def _select(d: Decisions, keep: np.ndarray) -> Decisions:
