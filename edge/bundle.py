@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.drift import DriftBands
 from edge.preprocess import Normalisation
+from edge.quality import QualityLimits
 
 log = logging.getLogger("edge.bundle")
 
@@ -29,6 +31,9 @@ MODEL_ROLES = ("detector", "classifier")
 CLASSIFIER_HEADS = ("ccl", "softmax")
 PRECISIONS = ("fp32", "fp16", "int8")
 THRESHOLD_RULES = {"ccl": ("ccl",), "softmax": ("softmax", "icp")}
+THRESHOLD_KEYS = {"global", "target_accuracy", "method", "confidence", "rule", "per_class",
+                  "classifier_sha256", "calibration"}
+TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context"}
 
 
 class BundleError(ValueError):
@@ -118,6 +123,8 @@ class Bundle:
     tiling: Tiling
     provenance: dict
     manifest_sha256: str
+    quality: QualityLimits | None = None   # the field quality gate's limits; None: the defaults
+    drift: DriftBands | None = None        # expected bands of the drift statistics; None: not fitted
 
     def model_path(self, spec: ModelSpec) -> Path:
         return self.root / spec.file
@@ -135,7 +142,8 @@ def sha256_file(path: Path) -> str:
 
 def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
                  ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
-                 thresholds: Thresholds, tiling: Tiling, provenance: dict) -> Path:
+                 thresholds: Thresholds, tiling: Tiling, provenance: dict,
+                 quality: QualityLimits | None = None, drift: DriftBands | None = None) -> Path:
     """Write manifest.json for model files already placed in `root`.
 
     The SHA-256 fields of the specs are recomputed from the files, so a caller
@@ -158,6 +166,10 @@ def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
         "tiling": tiling.to_dict(),
         "provenance": provenance,
     }
+    if quality is not None:
+        manifest["quality"] = quality.to_dict()
+    if drift is not None:
+        manifest["drift"] = drift.to_dict()
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return root
 
@@ -213,7 +225,7 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     _require(version == FORMAT_VERSION,
              f"unknown bundle format version {version!r}; this engine reads version {FORMAT_VERSION}")
     known = {"format", "format_version", "class_names", "classifier_head", "ccl_sigma",
-             "models", "thresholds", "tiling", "provenance"}
+             "models", "thresholds", "tiling", "provenance", "quality", "drift"}
     extra = sorted(set(m) - known)
     _require(not extra, f"the manifest has unknown fields: {', '.join(extra)}")
 
@@ -246,7 +258,19 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     return Bundle(root=root, class_names=tuple(names), classifier_head=head,
                   ccl_sigma=float(sigma) if sigma is not None else None,
                   detector=detector, classifier=classifier, thresholds=thresholds,
-                  tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha)
+                  tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha,
+                  quality=_parse_optional("quality", m.get("quality"), QualityLimits.from_dict),
+                  drift=_parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names)))
+
+
+def _parse_optional(name: str, d: Any, parse):
+    """An optional manifest section (absent in older bundles): None, or parsed with its errors as BundleError."""
+    if d is None:
+        return None
+    try:
+        return parse(d)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"the manifest's {name} section is invalid: {exc}") from None
 
 
 def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
@@ -278,10 +302,10 @@ def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
     _require(d["colour_order"] == "RGB", f"models.{role}.colour_order must be RGB")
     _require(d["precision"] in PRECISIONS, f"models.{role}.precision must be one of {PRECISIONS}")
     norm = d["normalisation"]
-    _require(isinstance(norm, dict) and all(
-        isinstance(norm.get(k), list) and len(norm[k]) == 3 and all(_is_number(v) for v in norm[k])
+    _require(isinstance(norm, dict) and set(norm) == {"mean", "std"} and all(
+        isinstance(norm[k], list) and len(norm[k]) == 3 and all(_is_finite(v) for v in norm[k])
         for k in ("mean", "std")) and all(v > 0 for v in norm["std"]),
-        f"models.{role}.normalisation must have three-number mean and positive std")
+        f"models.{role}.normalisation must have three-number mean and positive std, and nothing else")
     return ModelSpec(file=file, sha256=d["sha256"].lower(), input_name=d["input_name"],
                      input_shape=tuple(shape), outputs=tuple(outputs), layout=d["layout"],
                      dtype=d["dtype"], colour_order=d["colour_order"],
@@ -290,6 +314,7 @@ def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
 
 def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
     _require(isinstance(d, dict), "thresholds is not an object")
+    _require_known_keys(d, THRESHOLD_KEYS, "thresholds")
     g = d.get("global")
     _require(_is_number(g) and math.isfinite(g), "thresholds.global must be a finite number")
     target = d.get("target_accuracy")
@@ -331,9 +356,10 @@ def _check_thresholds_fit(thresholds: Thresholds, classifier: ModelSpec, root: P
 
 def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:
     _require(isinstance(d, dict), "tiling is not an object")
+    _require_known_keys(d, TILING_KEYS, "tiling")
     tile, overlap = d.get("tile_size"), d.get("overlap")
-    _require(isinstance(tile, int) and tile > 0, "tiling.tile_size must be a positive integer")
-    _require(isinstance(overlap, int) and 0 <= overlap < tile,
+    _require(_is_int(tile) and tile > 0, "tiling.tile_size must be a positive integer")
+    _require(_is_int(overlap) and 0 <= overlap < tile,
              "tiling.overlap must be an integer in [0, tile_size)")
     _require(detector.input_hw == (tile, tile),
              f"tiling.tile_size {tile} does not match the detector input {detector.input_hw}")
@@ -359,6 +385,20 @@ def _verify_file(root: Path, spec: ModelSpec) -> None:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _require_known_keys(d: dict, known: set[str], where: str) -> None:
+    """A misspelt optional key would otherwise be ignored and its default used without a word."""
+    extra = sorted(set(d) - known)
+    _require(not extra, f"{where} has unknown fields: {', '.join(map(str, extra))}")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.rules import RuleFit, fit_rule, rules_for_head
+from calibration.rules import RuleFit, fit_rule, rule_confidence, rules_for_head
 from edge.bundle import THRESHOLD_RULES, Bundle, Thresholds, load_bundle, sha256_file, write_bundle
 from edge.decision import RejectRule
+from edge.drift import DriftBands, fit_drift_bands
 from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
 from edge.evaluate import read_cell_image, read_class_folders
 from edge.frames import FrameError
@@ -66,13 +67,26 @@ def classifier_outputs(bundle: Bundle, data: Path, only: set[str] | None = None,
     return np.concatenate(parts), labels[kept], len(paths) - len(kept)
 
 
-def calibrate_bundle(bundle_path: Path, data_dir: Path, out_path: Path, *, target_accuracy: float,
+def site_outputs(bundle: Bundle, sessions: tuple[Path, ...], backend: str = "onnxruntime",
+                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(scores, labels, sessions): the bundle's classifier on the cells experts labelled in these sessions."""
+    from edge.review import ReviewError
+    from edge.site_cells import read_site_cells
+    try:
+        site = read_site_cells(bundle, list(sessions))
+    except ReviewError as exc:
+        raise CalibrationError(str(exc)) from None
+    with CellCounter(bundle, backend=backend, threads=threads) as counter:
+        return counter.classify_crops(site.crops), site.labels, site.sessions
+
+
+def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *, target_accuracy: float,
                      confidence: float = 0.95, per_class: bool = False, method: str | None = None,
                      only: set[str] | None = None, backend: str = "onnxruntime",
                      threads: int | None = None, search: str = "clopper-pearson",
                      min_per_class: int = 30, evaluate_only: set[str] | None = None,
                      compare: tuple[Path, ...] = (), report_dir: Path | None = None,
-                     source_note: dict | None = None) -> dict:
+                     source_note: dict | None = None, review_sessions: tuple[Path, ...] = ()) -> dict:
     """Fit `method` (default: the head's own rule) on the bundle's classifier outputs for the
     images of `data_dir` (only those in `only`, e.g. a calibration split) and write bundle
     `out_path`; return the report, also written to `report_dir` when given.
@@ -82,6 +96,12 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path, out_path: Path, *, targe
     `evaluate_only` names held-out images on which every rule is also judged. When
     the deployed rule cannot reach the target, the report is still written (with
     "bundle": null) and CalibrationError says why; no bundle is written.
+
+    `review_sessions` (site recalibration): the cells experts labelled in these
+    sessions join the cells of `data_dir` (which may then be None); the sessions
+    are recorded in the thresholds' calibration figures and the provenance. The
+    new bundle also gets drift bands fitted on the same cells, and keeps the
+    source bundle's quality section.
     """
     if search not in SEARCHES:
         raise CalibrationError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
@@ -100,12 +120,22 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path, out_path: Path, *, targe
             f"{', '.join(THRESHOLD_RULES[bundle.classifier_head])}); compare rules with --compare instead")
     settings = dict(target_accuracy=target_accuracy, search=search, delta=1.0 - confidence,
                     per_class=per_class, min_per_class=min_per_class)
+    if data_dir is None and not review_sessions:
+        raise CalibrationError("give labelled cells: --data DIR, --from-review SESSION ..., or both")
+    if review_sessions and (compare or evaluate_only):
+        raise CalibrationError("--from-review cannot be combined with --compare or --eval-split")
+    site = site_outputs(bundle, tuple(review_sessions), backend, threads) if review_sessions else None
+    if site is not None:
+        source_note = {**(source_note or {}), "site_sessions": site[2]}
 
     entries, deployed = [], None
     for b in [bundle] + [load_bundle(p, check_thresholds=False) for p in compare]:
         if b.class_names != bundle.class_names:
             raise CalibrationError(f"bundle {b.root} has other classes than {bundle.root}")
-        scores, labels, skipped = classifier_outputs(b, data_dir, only, backend, threads)
+        scores, labels, skipped = (classifier_outputs(b, data_dir, only, backend, threads) if data_dir is not None
+                                   else (np.zeros((0, len(b.class_names)), np.float32), np.zeros(0, np.int64), 0))
+        if site is not None:
+            scores, labels = np.concatenate([scores, site[0]]), np.concatenate([labels, site[1]])
         held_out = classifier_outputs(b, data_dir, evaluate_only, backend, threads) if evaluate_only else None
         for rule in rules_for_head(b.classifier_head):
             deploy = b is bundle and rule == method
@@ -127,22 +157,24 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path, out_path: Path, *, targe
             if deploy:
                 deployed = (fit, scores, entry)
 
-    report = {"bundle": None, "source_bundle": str(bundle.root), "data": str(data_dir),
+    report = {"bundle": None, "source_bundle": str(bundle.root), "data": str(data_dir) if data_dir else None,
               "target_accuracy": target_accuracy, "search": search,
               "confidence": confidence if search == "clopper-pearson" else None,
               "per_class": per_class, "deployed_rule": method, "entries": entries, **(source_note or {})}
     fit, scores, entry = deployed
     try:
-        thresholds = _thresholds_for(fit, bundle, entry, report["confidence"])
+        thresholds = _thresholds_for(fit, bundle, entry, report["confidence"], site and site[2])
     except CalibrationError as exc:
         if report_dir is None:
             raise
         write_report(report, Path(report_dir))  # the figures show why
         raise CalibrationError(f"{exc} (figures in {report_dir})") from None
+    drift = _drift_bands(fit, scores, bundle.drift)
+    report["drift_bands"] = drift.to_dict()
     _write_calibrated(bundle, out_path, thresholds, {
-        "script": "edge calibrate", "date": time.strftime("%Y-%m-%d"), "data": str(data_dir),
+        "script": "edge calibrate", "date": time.strftime("%Y-%m-%d"), "data": str(data_dir) if data_dir else None,
         "source_bundle": str(bundle.root), "source_manifest_sha256": bundle.manifest_sha256,
-        **(source_note or {})})
+        **(source_note or {})}, drift)
     _check_device_agrees(out_path, fit, scores)
     report["bundle"] = str(out_path)
     if report_dir is not None:
@@ -150,7 +182,16 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path, out_path: Path, *, targe
     return report
 
 
-def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float | None) -> Thresholds:
+def _drift_bands(fit: RuleFit, scores: np.ndarray, base: DriftBands | None) -> DriftBands:
+    """Drift bands from the calibration cells as the device will see them at the fitted thresholds."""
+    # the device's confidence: the rule's own; an ICP is deployed as cuts on the top class probability
+    confidence, _ = rule_confidence(scores, fit.head, "softmax" if fit.rule == "icp" else fit.rule)
+    _, _, accepted = fit.decide(scores)
+    return fit_drift_bands(confidence, accepted, {"rule": fit.rule}, base)
+
+
+def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float | None,
+                    site_sessions: list[dict] | None = None) -> Thresholds:
     if not fit.reached:
         raise CalibrationError(f"no {fit.rule} threshold reaches accepted accuracy {fit.target_accuracy} "
                                f"on these {fit.n_calibration} cells" +
@@ -168,11 +209,14 @@ def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float
     calibration = {key: _without_curves(entry[key]) for key in ("calibration", "evaluation") if key in entry}
     if fit.icp is not None:
         calibration["icp"] = fit.icp.to_dict()
+    if site_sessions:
+        calibration["site_sessions"] = site_sessions  # which sessions' expert labels it learned from
     return Thresholds(float(fit.threshold), fit.target_accuracy, fit.search, per_class, calibration,
                       classifier_sha256=bundle.classifier.sha256, rule=fit.rule, confidence=confidence)
 
 
-def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provenance_note: dict) -> None:
+def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provenance_note: dict,
+                      drift: DriftBands | None = None) -> None:
     """Copy the bundle's models to a staging folder, seal it, verify it, move it to `out`."""
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -187,7 +231,8 @@ def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provena
         write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,
                      ccl_sigma=bundle.ccl_sigma, detector=bundle.detector, classifier=bundle.classifier,
                      thresholds=thresholds, tiling=bundle.tiling,
-                     provenance={**bundle.provenance, "calibration": provenance_note})
+                     provenance={**bundle.provenance, "calibration": provenance_note},
+                     quality=bundle.quality, drift=drift)
         load_bundle(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -230,7 +275,9 @@ def write_report(report: dict, folder: Path) -> None:
 
 def markdown_table(report: dict) -> str:
     search = report["search"] + (f", confidence {report['confidence']}" if report["confidence"] else "")
-    lines = [f"Target accepted accuracy {report['target_accuracy']} ({search}); data {report['data']}.", ""]
+    site = "".join(f"; expert labels of session {s['session_id']} ({s['cells']['rejected']} rejected, "
+                   f"{s['cells']['accepted_sample']} accepted-sample cells)" for s in report.get("site_sessions", []))
+    lines = [f"Target accepted accuracy {report['target_accuracy']} ({search}); data {report['data']}{site}.", ""]
     sets = [("calibration", "fitted on")] + ([("evaluation", "held out")]
                                              if any("evaluation" in e for e in report["entries"]) else [])
     lines += ["| bundle | rule | cells | set | Rr | Ra | R | AURC |", "|---|---|---|---|---|---|---|---|"]

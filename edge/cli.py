@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show the newest field and the tally in a window (needs OpenCV with a GUI)")
     run.add_argument("--sequential", action="store_true",
                      help="run the stages one after another instead of pipelined (for comparison)")
+    run.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
+                     help="a field quality gate setting over the bundle's, e.g. min_focus=0.3 or "
+                          "max_stain_angle=8 (repeatable; see README: Field quality and drift)")
+    run.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
+                     help="count every field, however poor its focus, light or stain")
+    run.add_argument("--drift-history", type=Path, default=None,
+                     help="the drift history across sessions (default: drift-history.jsonl beside the session)")
     _runtime_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -138,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="refit a bundle's reject thresholds on its own classifier")
     _bundle_arg(cal)
-    cal.add_argument("--data", type=Path, required=True, help="labelled single-cell images, one folder per class")
+    cal.add_argument("--data", type=Path, default=None, help="labelled single-cell images, one folder per class")
+    cal.add_argument("--from-review", type=Path, nargs="+", default=[], metavar="SESSION",
+                     help="site recalibration: also fit on the cells experts labelled in these sessions' review")
     cal.add_argument("--split-file", type=Path, default=None, help="fit on one split of this split file")
     cal.add_argument("--split", default="calibration", help="the split to fit on (default calibration)")
     cal.add_argument("--eval-split", default=None, help="also judge every rule on this held-out split")
@@ -235,8 +244,20 @@ def _cmd_run(args) -> int:
                           target=args.target, resume=args.resume, save_fields=args.save_fields,
                           sequential=args.sequential, display=args.display, serial=args.serial,
                           sim_fields=args.sim_fields, sim_noise=args.sim_noise,
-                          field_trigger=args.field_trigger, still_seconds=args.still_seconds)
+                          field_trigger=args.field_trigger, still_seconds=args.still_seconds,
+                          quality=_quality_overrides(args), drift_history=args.drift_history)
     return 0 if results["frames"]["counted"] else 1
+
+
+def _quality_overrides(args) -> dict:
+    from edge.quality import parse_override
+    try:
+        overrides = dict(parse_override(text) for text in args.quality)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not args.quality_gate:
+        overrides["enabled"] = False
+    return overrides
 
 
 def _cmd_info(args) -> int:
@@ -277,6 +298,10 @@ def _cmd_calibrate(args) -> int:
     from edge.evaluate import read_split_file
     if args.eval_split and not args.split_file:
         raise UserError("--eval-split needs --split-file")
+    if args.data is None and not args.from_review:
+        raise UserError("give the labelled cells to fit on: --data DIR, --from-review SESSION ..., or both")
+    if args.split_file and args.data is None:
+        raise UserError("--split-file needs --data")
     only = read_split_file(args.split_file, args.split) if args.split_file else None
     held_out = read_split_file(args.split_file, args.eval_split) if args.eval_split else None
     report_dir = args.report or args.out.with_name(args.out.name + "-report")
@@ -286,7 +311,8 @@ def _cmd_calibrate(args) -> int:
                               confidence=args.confidence, per_class=args.per_class, method=args.method,
                               only=only, backend=args.backend, threads=args.threads, search=args.search,
                               min_per_class=args.min_per_class, evaluate_only=held_out,
-                              compare=tuple(args.compare), report_dir=report_dir, source_note=note)
+                              compare=tuple(args.compare), report_dir=report_dir, source_note=note,
+                              review_sessions=tuple(args.from_review))
     print(markdown_table(report), end="")
     print(f"bundle {args.out}; report {report_dir}")
     return 0

@@ -76,11 +76,12 @@ class CellCounter:
     # The stages of `detect_many`, public so that the real-time loop can run them in threads.
 
     def cut_tiles(self, images: Sequence[np.ndarray]) -> "FrameTiles":
-        """Rescale each frame by the bundle's scale and cut it into the bundle's tile grid."""
+        """Rescale each frame by the bundle's scale and lay the bundle's tile grid over it;
+        the tiles themselves are cut a detector batch at a time (`FrameTiles.cut`)."""
         tiling = self.bundle.tiling
         scaled = [_rescale(image, tiling.scale) for image in images]
         grids = [make_grid(s.shape[1], s.shape[0], tiling.tile_size, tiling.overlap) for s in scaled]
-        return FrameTiles(np.concatenate([cut_tiles(s, g) for s, g in zip(scaled, grids)]), grids)
+        return FrameTiles(scaled, grids)
 
     def run_detector(self, tiles: "FrameTiles", batch: int | None = None) -> dict[str, np.ndarray]:
         """Detector outputs for all tiles, `batch` (a multiple of a static batch) at a time."""
@@ -89,23 +90,30 @@ class CellCounter:
         fixed = spec.input_shape[0]
         if fixed > 0:
             batch = -(-batch // fixed) * fixed
-        # normalised per batch: float32 tiles of several frames at once would take 4x their uint8 size
+        # cut and normalised per batch: all the tiles of a frame at once would take about 2.5x the
+        # frame's own memory in uint8 (overlapping tiles), and 4x that again as float32
         parts = [run_batched(self.detector, spec,
-                             to_model_input(tiles.pixels[i:i + batch], None, spec.normalisation), batch)
-                 for i in range(0, len(tiles.pixels), batch)]
+                             to_model_input(tiles.cut(i, i + batch), None, spec.normalisation), batch)
+                 for i in range(0, len(tiles), batch)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def stitch_tiles(self, tiles: "FrameTiles", outputs: dict[str, np.ndarray]
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per frame: boxes (N, 4) in frame pixels and scores, each cell once."""
+        return [self.stitch_frame(tiles, outputs, k) for k in range(len(tiles.grids))]
+
+    def stitch_frame(self, tiles: "FrameTiles", outputs: dict[str, np.ndarray], k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and scores of the k-th frame of `tiles`; FloatingPointError if its detector
+        outputs hold NaN or Inf (they would otherwise drop cells without a word)."""
         tiling = self.bundle.tiling
-        results = []
-        for grid, stop in zip(tiles.grids, np.cumsum([len(g) for g in tiles.grids])):
-            start = stop - len(grid)
-            boxes, scores = stitch(outputs["boxes"][start:stop], outputs["scores"][start:stop], grid,
-                                   tiling.score_threshold)
-            results.append((boxes / np.float32(tiling.scale), scores))
-        return results
+        start = sum(len(g) for g in tiles.grids[:k])
+        stop = start + len(tiles.grids[k])
+        boxes, scores = outputs["boxes"][start:stop], outputs["scores"][start:stop]
+        if not (np.isfinite(scores).all() and np.isfinite(boxes[scores >= tiling.score_threshold]).all()):
+            raise FloatingPointError("the detector produced NaN or Inf")
+        boxes, scores = stitch(boxes, scores, tiles.grids[k], tiling.score_threshold)
+        return boxes / np.float32(tiling.scale), scores
 
     def classify(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, C) class scores for the cells in `boxes`."""
@@ -120,8 +128,11 @@ class CellCounter:
         spec = self.bundle.classifier
         if len(crops) == 0:
             return np.zeros((0, len(self.bundle.class_names)), dtype=np.float32)
-        x = to_model_input(crops, None, spec.normalisation)
-        return run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]]
+        # normalised per batch, as the detector's tiles are: a frame may hold thousands of cells
+        return np.concatenate([
+            run_batched(self.classifier, spec, to_model_input(crops[i:i + CLASSIFIER_BATCH], None,
+                                                              spec.normalisation), CLASSIFIER_BATCH)[spec.outputs[0]]
+            for i in range(0, len(crops), CLASSIFIER_BATCH)])
 
     def count_field(self, image: np.ndarray) -> FieldResult:
         image = as_bgr8(image)
@@ -132,10 +143,23 @@ class CellCounter:
 
 @dataclass
 class FrameTiles:
-    """The uint8 tiles of one or more frames, in frame order, and each frame's grid."""
+    """One or more frames (rescaled) and each frame's tile grid; tiles numbered in frame order."""
 
-    pixels: np.ndarray  # (T, tile, tile, 3) uint8 BGR
+    frames: list[np.ndarray]  # (H, W, 3) uint8 BGR
     grids: list[TileGrid]
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.grids)
+
+    def cut(self, start: int, stop: int) -> np.ndarray:
+        """Tiles start..stop-1 as (n, tile, tile, 3) uint8 BGR."""
+        parts, offset = [], 0
+        for frame, grid in zip(self.frames, self.grids):
+            lo, hi = max(start - offset, 0), min(stop - offset, len(grid))
+            if lo < hi:
+                parts.append(cut_tiles(frame, grid, slice(lo, hi)))
+            offset += len(grid)
+        return np.concatenate(parts)
 
 
 def run_batched(runner: Runner, spec: ModelSpec, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import numpy as np
 from edge.decision import Decisions
 from edge.engine import CellCounter, FieldResult, FrameTiles
 from edge.frames import Frame, FrameError
+from edge.quality import QualityGate, QualityReport
 from edge.sources import FrameSource
 
 log = logging.getLogger("edge.pipeline")
@@ -43,6 +44,7 @@ class FieldJob:
     frame: Frame | None
     grabbed: float                       # time.perf_counter() when the field was taken
     error: str | None = None             # why the field cannot be counted
+    quality: QualityReport | None = None  # the quality gate's measures; refused fields also carry `error`
     boxes: np.ndarray | None = None
     detection_scores: np.ndarray | None = None
     crops: np.ndarray | None = None
@@ -58,6 +60,7 @@ class LoopCounters:
     read_errors: int = 0
     batches: int = 0
     batched_fields: int = 0
+    rejected_for_quality: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -67,7 +70,7 @@ class Pipeline:
     def __init__(self, counter: CellCounter, source: FrameSource,
                  take_field: Callable[[Frame], bool | dict] = lambda frame: True, *,
                  live: bool = False, skip_through: int = -1, max_batch_fields: int = 4,
-                 sequential: bool = False):
+                 sequential: bool = False, quality_gate: QualityGate | None = None):
         self.counter = counter
         self.source = source
         self.take_field = take_field
@@ -75,6 +78,7 @@ class Pipeline:
         self.skip_through = skip_through  # frames up to this id were counted before a resume
         self.max_batch_fields = max_batch_fields
         self.sequential = sequential
+        self.quality_gate = quality_gate  # refuses unfit fields before detection
         self.counters = LoopCounters()
         self._stop = threading.Event()
         self._failed: BaseException | None = None
@@ -124,20 +128,31 @@ class Pipeline:
     # ------------------------------------------------------------ the stages' work
 
     def _tile(self, jobs: list[FieldJob]) -> tuple[list[FieldJob], FrameTiles | None]:
+        if self.quality_gate is not None:
+            for job in jobs:
+                self._check_quality(job)
         good = [j for j in jobs if j.error is None]
         self.counters.batches += 1
         self.counters.batched_fields += len(good)
         return jobs, self.counter.cut_tiles([j.frame.image for j in good]) if good else None
+
+    def _check_quality(self, job: FieldJob) -> None:
+        if job.error is None:
+            job.quality = self.quality_gate.check(job.frame.image)
+            if not job.quality.passed:
+                job.error = job.quality.reason
+                self.counters.rejected_for_quality += 1
 
     def _detect(self, item: tuple[list[FieldJob], FrameTiles | None]) -> list[FieldJob]:
         jobs, tiles = item
         if tiles is None:
             return jobs
         outputs = self.counter.run_detector(tiles)
-        stitched = iter(self.counter.stitch_tiles(tiles, outputs))
-        for job in jobs:
-            if job.error is None:
-                job.boxes, job.detection_scores = next(stitched)
+        for k, job in enumerate([j for j in jobs if j.error is None]):
+            try:
+                job.boxes, job.detection_scores = self.counter.stitch_frame(tiles, outputs, k)
+            except FloatingPointError as exc:  # this field is skipped and counted, the others go on
+                job.error = str(exc)
         return jobs
 
     def _crop(self, job: FieldJob) -> FieldJob:

@@ -20,10 +20,10 @@ milliseconds on a 1920 x 1080 field:
   much a thick area or clumps.
 - `focus`: variance of the Laplacian of the corrected grey image over its
   variance: the share of fine detail, which blur removes, whatever the number
-  of cells.
+  of cells. Undefined (not judged) on a perfectly flat field.
 - `stain_angle`: the angle, in degrees, between the mean OD colour of the
   nucleus pixels and the bundle's reference colour (a unit vector in B, G, R
-  OD). Undefined when the field holds no nucleus pixels.
+  OD). Undefined when the field holds no nucleus pixels or is grey.
 """
 from __future__ import annotations
 
@@ -163,8 +163,8 @@ class QualityGate:
 
     def _judge(self, m: dict[str, float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         lim = self.limits
-        angle = m.get("stain_angle", 0.0)
-        rules = [("focus", m["focus"] < lim.min_focus, f"{m['focus']:.3f} < {lim.min_focus:g}"),
+        angle, focus = m.get("stain_angle", 0.0), m.get("focus", math.inf)
+        rules = [("focus", focus < lim.min_focus, f"{focus:.3f} < {lim.min_focus:g}"),
                  ("exposure", m["white"] < lim.min_white, f"light {m['white']:.0f} < {lim.min_white:g}"),
                  ("clipping", m["clipped"] > lim.max_clipped,
                   f"{100 * m['clipped']:.1f} % saturated > {100 * lim.max_clipped:g} %"),
@@ -191,17 +191,19 @@ def measure_field(image: np.ndarray, downscale: int = 4, nucleus_od: float = 0.6
     nucleus = (log_light - cv2.LUT(small[..., 2], _LOG)) > nucleus_od   # red-channel optical density
     corrected = log_light - cv2.LUT(grey, _LOG)               # grey OD, flat-field corrected
     variance = float(corrected.var())
-    focus = float(cv2.Laplacian(corrected, cv2.CV_32F).var()) / variance if variance > 1e-6 else 0.0
-    measures = {"focus": focus, "white": white,
+    measures = {"white": white,
                 "clipped": float(np.count_nonzero(cv2.max(cv2.max(small[..., 0], small[..., 1]), small[..., 2])
                                                   >= CLIP_LEVEL)) / grey.size,
                 "uniformity": float(light.min()) / white if white > 0 else 0.0,
                 "stained": float(np.count_nonzero(nucleus)) / grey.size}
+    if variance > 1e-6:  # a perfectly flat field (bare glass, a blank frame) has no detail to be sharp
+        measures["focus"] = float(cv2.Laplacian(corrected, cv2.CV_32F).var()) / variance
     stain = None
     if np.count_nonzero(nucleus) >= 4:
         mean = float(log_light[nucleus].mean()) - _LOG[small[nucleus]].mean(axis=0).astype(np.float64)  # OD, B G R
         norm = np.linalg.norm(mean)
-        stain = mean / norm if norm > 0 else None
+        monochrome = mean[0] == mean[1] == mean[2]  # a grey camera's frame holds no stain colour to judge
+        stain = mean / norm if norm > 0 and not monochrome else None
     return measures, stain
 
 

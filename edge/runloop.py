@@ -24,11 +24,13 @@ import numpy as np
 from edge.annotate import FieldWriter
 from edge.bundle import load_bundle
 from edge.display import LiveWindow
+from edge.drift import Alarm, DriftBands, DriftHistory, DriftMonitor
 from edge.engine import CellCounter
 from edge.field_overlap import OverlapFilter
 from edge.firmware_fields import FirmwareFieldSource
 from edge.pipeline import FieldJob, Pipeline
 from edge.progress import Progress
+from edge.quality import QualityGate, QualityLimits
 from edge.session import Session, SessionError
 from edge.sources import CameraSource, FrameSource, VideoFileSource, open_source
 from edge.stage_source import StageSource
@@ -53,6 +55,8 @@ class RunOptions:
     serial: str | None = None           # the firmware's serial port, or "sim" for the simulator
     sim_fields: int = 12                # fields the simulator's stage visits (--serial sim)
     sim_noise: float = 0.0              # share of corrupted bytes on the simulated line
+    quality: dict | None = None         # quality gate settings over the bundle's (edge.quality.QualityLimits)
+    drift_history: str | None = None    # the drift history file (default: drift-history.jsonl beside the session)
 
 
 def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None, out_dir: Path | None,
@@ -60,7 +64,8 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
                 live=None, *, target: int | None = None, resume: bool = False, save_fields: bool = True,
                 sequential: bool = False, display: bool = False, serial: str | None = None,
                 sim_fields: int = 12, sim_noise: float = 0.0, field_trigger: str = "auto",
-                still_seconds: float = 0.3) -> dict:
+                still_seconds: float = 0.3, quality: dict | None = None,
+                drift_history: Path | None = None) -> dict:
     """Count a source's fields into a session folder (or continue one); return the results.
 
     `source_spec` is a source string (see edge.sources) or an open FrameSource."""
@@ -71,8 +76,10 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
     options = RunOptions(source=given.description if given else source_spec or "demo", backend=backend,
                          threads=threads, max_fields=max_frames, target=target, save_fields=save_fields,
                          sequential=sequential, display=display, serial=serial, sim_fields=sim_fields,
-                         sim_noise=sim_noise, field_trigger=field_trigger, still_seconds=still_seconds)
+                         sim_noise=sim_noise, field_trigger=field_trigger, still_seconds=still_seconds,
+                         quality=quality, drift_history=str(drift_history) if drift_history else None)
     bundle = load_bundle(bundle_path)
+    limits = quality_limits(bundle.quality, quality)
     out_dir = Path(out_dir) if out_dir else Path("edge-out") / time.strftime("session-%Y%m%dT%H%M%S")
     with contextlib.ExitStack() as cleanup:
         window = LiveWindow() if display else None
@@ -94,17 +101,33 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
             cleanup.callback(writer.close)
         trigger = _field_trigger(options, source, firmware)
         pipeline = Pipeline(counter, source, trigger.update if trigger else lambda frame: True,
-                            live=source.live, skip_through=session.last_frame_id(), sequential=sequential)
+                            live=source.live, skip_through=session.last_frame_id(), sequential=sequential,
+                            quality_gate=QualityGate(limits) if limits.enabled else None)
         overlap = OverlapFilter(out_dir) if trigger or firmware else None
-        recorder = _Recorder(session, pipeline, progress, writer, window, firmware, overlap, options)
+        history = DriftHistory(Path(drift_history) if drift_history else out_dir.parent / "drift-history.jsonl")
+        drift = DriftMonitor(bundle.drift or DriftBands(), bundle.class_names, bundle.classifier.sha256, history)
+        recorder = _Recorder(session, pipeline, progress, writer, window, firmware, overlap, options, drift)
         try:
             with _stop_on_signals(recorder):
                 recorder.consume()
+        except BaseException as exc:
+            recorder.stop_reason = f"stopped by an error: {exc}"
+            raise
         finally:
+            recorder.finish_drift()
             results = session.close(recorder.stop_reason, recorder.loop_stats())
             progress.finish()
     progress.message(_summary(results))
     return results
+
+
+def quality_limits(from_bundle: QualityLimits | None, overrides: dict | None) -> QualityLimits:
+    """The gate's limits: the defaults, then the bundle's quality section, then the run's overrides."""
+    limits = from_bundle or QualityLimits()
+    try:
+        return limits.with_overrides(overrides) if overrides else limits
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"--quality: {exc}") from None
 
 
 class _Recorder:
@@ -112,10 +135,10 @@ class _Recorder:
 
     def __init__(self, session: Session, pipeline: Pipeline, progress: Progress,
                  writer: FieldWriter | None, window: LiveWindow | None, firmware,
-                 overlap: OverlapFilter | None, options: RunOptions):
+                 overlap: OverlapFilter | None, options: RunOptions, drift: DriftMonitor | None = None):
         self.session, self.pipeline, self.progress = session, pipeline, progress
         self.writer, self.window, self.firmware, self.options = writer, window, firmware, options
-        self.overlap = overlap
+        self.overlap, self.drift = overlap, drift
         self.stop_reason = "end of source"
         self.latencies: list[float] = []
         self.fields_handled = 0
@@ -155,13 +178,24 @@ class _Recorder:
 
     def _record(self, job: FieldJob) -> None:
         if job.error is not None:
-            log.warning("frame %s skipped: %s", job.frame_id, job.error)
+            refused = job.quality is not None and not job.quality.passed
+            log.warning("frame %s %s: %s", job.frame_id, "refused" if refused else "skipped", job.error)
             self.session.skip(job.frame_id, job.error)
-            self.progress.message(f"frame {job.frame_id:>5}  skipped: {job.error}")
+            self.progress.message(f"frame {job.frame_id:>5}  {'not counted, ' if refused else 'skipped: '}{job.error}")
+            if refused:
+                self._tell_firmware("FIELD_QUALITY", f"field {job.frame_id} not counted, {job.error}")
             return
         image, result = job.frame.image, job.result
         duplicates, shift = (self.overlap.duplicates(image, result.boxes) if self.overlap is not None
                              else (None, None))
+        if self.drift is not None:
+            d = result.decisions
+            counted = slice(None) if duplicates is None else ~duplicates
+            angle = job.quality.measures.get("stain_angle") if job.quality is not None else None
+            for alarm in self.drift.add_field(job.frame_id, d.predicted[counted], d.confidence[counted],
+                                              d.accepted[counted], angle):
+                self._raise(alarm)
+            self.session.sections["drift"] = self.drift.summary()
         self.session.record(job.frame, result, duplicates, shift)
         if self.overlap is not None:
             self.overlap.remember(image, result.boxes)
@@ -177,10 +211,33 @@ class _Recorder:
         if self.firmware is not None:
             tally = self.session.tally
             self.firmware.show_tally(tally.accepted, tally.rejected, self.options.target or 0)
-        names = self.session.bundle.class_names
-        if self.window is not None and not self.window.show(job.frame.image, job.result, names,
-                                                            self.session.tally):
-            self.request_stop("stopped from the window")
+
+    def finish_drift(self) -> None:
+        """The across-session drift check, the history row of this session, and the final drift section."""
+        if self.drift is None:
+            return
+        for alarm in self.drift.finish():
+            self._raise(alarm)
+        self.session.sections["drift"] = self.drift.summary()
+        try:
+            self.drift.history.append(self.drift.history_row(self.session.session_id,
+                                                             self.session.bundle.manifest_sha256))
+        except OSError as exc:
+            log.error("drift history %s not written: %s", self.drift.history.path, exc)
+
+    def _raise(self, alarm: Alarm) -> None:
+        self.progress.message(f"DRIFT ALARM {alarm.message}")
+        self._tell_firmware("DRIFT_ALARM", alarm.message)
+
+    def _tell_firmware(self, code: str, text: str) -> None:
+        """A STATUS message to the microscope; firmware that predates it refuses it, which is logged."""
+        if self.firmware is None:
+            return
+        from firmware_bridge import CommandRefused, LinkError, StatusCode
+        try:
+            self.firmware.show_status(StatusCode[code], text)
+        except (CommandRefused, LinkError) as exc:
+            log.warning("firmware did not take the %s status: %s", code, exc)
 
     def loop_stats(self) -> dict:
         elapsed = time.perf_counter() - self._started
@@ -260,8 +317,14 @@ def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec
 
 def _summary(results: dict) -> str:
     lines = [f"done ({results.get('stop_reason', 'finished')}): {results['frames']['counted']} fields "
-             f"counted, {results['frames']['skipped']} skipped; {results['accepted']} cells counted, "
-             f"{results['rejected']} sent to review"]
+             f"counted, {results['frames']['skipped']} skipped, {results['fields_rejected_for_quality']['count']} "
+             f"rejected for quality; {results['accepted']} cells counted, {results['rejected']} sent to review"]
+    by_check = results["fields_rejected_for_quality"]["by_check"]
+    if by_check:
+        lines.append("  not counted for quality: " + ", ".join(f"{k} {v}" for k, v in by_check.items()))
+    alarms = (results.get("drift") or {}).get("alarms") or []
+    for alarm in alarms:
+        lines.append(f"  DRIFT ALARM {alarm['message']}")
     for name, d in results["differential"].items():
         lines.append(f"  {name:<14} {d['count']:>6}  {d['percent']:5.1f} %  (95 % CI {d['ci_low']:.1f}-{d['ci_high']:.1f})")
     loop = results.get("loop") or {}

@@ -76,15 +76,16 @@ def make_grid(width: int, height: int, tile_size: int, overlap: int) -> TileGrid
                     np.stack([gx, gy], axis=1), (len(xs), len(ys)))
 
 
-def cut_tiles(image: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """(T, tile, tile, 3) tiles; a frame smaller than a tile is padded with its median colour."""
+def cut_tiles(image: np.ndarray, grid: TileGrid, which: slice = slice(None)) -> np.ndarray:
+    """(T, tile, tile, 3) tiles (`which` of the grid's); a frame smaller than a tile is padded
+    with its median colour."""
     t = grid.tile_size
     h, w = image.shape[:2]
     if h < t or w < t:
         fill = np.median(image.reshape(-1, image.shape[2]), axis=0).tolist()
         image = cv2.copyMakeBorder(image, 0, max(0, t - h), 0, max(0, t - w),
                                    cv2.BORDER_CONSTANT, value=fill)
-    return np.stack([image[y:y + t, x:x + t] for x, y in grid.origins])
+    return np.stack([image[y:y + t, x:x + t] for x, y in grid.origins[which]])
 
 
 def stitch(boxes: np.ndarray, scores: np.ndarray, grid: TileGrid, score_threshold: float,

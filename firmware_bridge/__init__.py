@@ -11,8 +11,8 @@ PROTOCOL.md is the wire protocol; framing.py and messages.py encode it,
 link.py is the host side, simulator.py a device on a pseudo-terminal.
 """
 from firmware_bridge.link import CommandRefused, FirmwareLink, LinkLost, LinkRestored, LinkState
-from firmware_bridge.messages import Button, ButtonId, DeviceError, FieldReady, ScanComplete
+from firmware_bridge.messages import Button, ButtonId, DeviceError, FieldReady, ScanComplete, StatusCode
 from firmware_bridge.transport import LinkError
 
 __all__ = ["Button", "ButtonId", "CommandRefused", "DeviceError", "FieldReady", "FirmwareLink", "LinkError",
-           "LinkLost", "LinkRestored", "LinkState", "ScanComplete"]
+           "LinkLost", "LinkRestored", "LinkState", "ScanComplete", "StatusCode"]

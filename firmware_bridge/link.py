@@ -31,7 +31,7 @@ import serial
 from firmware_bridge.framing import DELIMITER, Frame, FrameDecoder, encode_frame
 from firmware_bridge.messages import (
     DEVICE_EVENTS, PROTOCOL_VERSION, Ack, Capability, FieldReady, Hello, MsgType, Nak, NakReason, NextField,
-    Ping, Pong, ProtocolError, SetLight, ShowTally, TargetReached, UnknownType, from_frame, to_frame)
+    HostStatus, Ping, Pong, ProtocolError, SetLight, ShowTally, TargetReached, UnknownType, from_frame, to_frame)
 from firmware_bridge.transport import LinkError, open_port
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,10 @@ class FirmwareLink:
 
     def target_reached(self, counted: int) -> None:
         self._command(TargetReached(int(counted)))
+
+    def show_status(self, code: int, text: str) -> None:
+        """STATUS: tell the device about a refused field or a drift alarm (text for its display)."""
+        self._command(HostStatus(int(code), text))
 
     def set_light(self, permille: int) -> None:
         """Illumination from 0 (off) to 1000 (full)."""

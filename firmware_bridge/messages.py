@@ -28,6 +28,7 @@ class MsgType(IntEnum):
     SET_LIGHT = 0x21
     SHOW_TALLY = 0x22
     TARGET_REACHED = 0x23
+    STATUS = 0x24
 
 
 class Capability(IntFlag):
@@ -56,6 +57,12 @@ class ErrorCode(IntEnum):
     LIGHT_FAULT = 2
     FOCUS_FAULT = 3
     OTHER = 255
+
+
+class StatusCode(IntEnum):
+    """What a host STATUS message reports to the device (its text is for the display and log)."""
+    FIELD_QUALITY = 1   # a field was not counted: out of focus, badly exposed, ... (the text says which)
+    DRIFT_ALARM = 2     # a drift statistic left its band: the count needs a look before it is trusted
 
 
 class ProtocolError(ValueError):
@@ -151,6 +158,12 @@ class DeviceError:
 
 
 @dataclass(frozen=True)
+class HostStatus(DeviceError):
+    """STATUS: the host's counterpart of ERROR, same layout (`u8 code`, ASCII text)."""
+    TYPE: ClassVar = MsgType.STATUS
+
+
+@dataclass(frozen=True)
 class FieldReady(_Fixed):
     TYPE: ClassVar = MsgType.FIELD_READY
     LAYOUT: ClassVar = struct.Struct("<Iiii")
@@ -223,10 +236,11 @@ class TargetReached(_Fixed):
 
 
 MESSAGES = {cls.TYPE: cls for cls in (Hello, Ping, Pong, Ack, Nak, DeviceError, FieldReady, Button,
-                                      ScanComplete, NextField, SetLight, ShowTally, TargetReached)}
+                                      ScanComplete, NextField, SetLight, ShowTally, TargetReached, HostStatus)}
 # Both are sent until acknowledged (ACK or NAK with the same sequence number); see PROTOCOL.md.
 DEVICE_EVENTS = frozenset({MsgType.ERROR, MsgType.FIELD_READY, MsgType.BUTTON, MsgType.SCAN_COMPLETE})
-HOST_COMMANDS = frozenset({MsgType.NEXT_FIELD, MsgType.SET_LIGHT, MsgType.SHOW_TALLY, MsgType.TARGET_REACHED})
+HOST_COMMANDS = frozenset({MsgType.NEXT_FIELD, MsgType.SET_LIGHT, MsgType.SHOW_TALLY, MsgType.TARGET_REACHED,
+                           MsgType.STATUS})
 
 
 def to_frame(message, seq: int) -> Frame:

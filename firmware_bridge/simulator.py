@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from firmware_bridge.framing import Frame, FrameDecoder, encode_frame
 from firmware_bridge.messages import (
-    HOST_COMMANDS, PROTOCOL_VERSION, Ack, Button, ButtonId, Capability, FieldReady, Hello, Nak,
+    HOST_COMMANDS, PROTOCOL_VERSION, Ack, Button, ButtonId, Capability, FieldReady, Hello, HostStatus, Nak,
     NakReason, NextField, Ping, Pong, PayloadError, ScanComplete, SetLight, ShowTally, TargetReached,
     UnknownType, from_frame, to_frame)
 
@@ -53,6 +53,7 @@ class FirmwareSimulator:
         self.field = 0                          # the stage's current field
         self.light = 500                        # per mille
         self.tallies: list[ShowTally] = []      # every SHOW_TALLY carried out, in order
+        self.statuses: list[HostStatus] = []    # every STATUS shown, in order
         self.counted_at_target: int | None = None
         self.scan_over = False                  # target reached or fields exhausted: the stage stays put
         self.moves = 0
@@ -206,6 +207,8 @@ class FirmwareSimulator:
             self.light = message.permille
         elif isinstance(message, ShowTally):
             self.tallies.append(message)
+        elif isinstance(message, HostStatus):
+            self.statuses.append(message)
         elif isinstance(message, TargetReached):
             self.counted_at_target = message.counted
             self.scan_over = True
