@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     mi.add_argument("--img-size", type=int, default=224)
     mi.set_defaults(handler=_model_info)
 
+    from export.distill_cli import add_distil_commands
+    from export.quantise_cli import add_quantise_commands
+    add_distil_commands(sub)
+    add_quantise_commands(sub)
+
     args = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)  # `edge` may have configured the root already
