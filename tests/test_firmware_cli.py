@@ -17,14 +17,14 @@ def test_firmware_sim_serves_a_host_and_takes_buttons_from_stdin(tmp_path):
         banner = proc.stdout.readline()
         assert re.match(rf"firmware simulator on {re.escape(str(link_path))} \(3 fields, settle 1 ms", banner)
         with FirmwareLink(str(link_path), ack_timeout_s=0.1).open() as link:
-            event = link.wait_event(timeout=5)
+            event = link.wait_event(timeout=30)
             assert isinstance(event, FieldReady) and event.field_id == 0
             proc.stdin.write("stop\n")
             proc.stdin.flush()
-            assert link.wait_event(timeout=5) == Button(ButtonId.STOP)
+            assert link.wait_event(timeout=30) == Button(ButtonId.STOP)
             link.next_field(0)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
