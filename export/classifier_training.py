@@ -67,6 +67,16 @@ def lr_at(config: ClassifierTrainConfig, epoch: int) -> float:
     return config.lr * 0.1 ** sum(epoch >= m for m in milestones)
 
 
+def start_epoch(optimiser: torch.optim.Optimizer, loader: DataLoader, config: ClassifierTrainConfig,
+                epoch: int) -> None:
+    """Set the epoch's learning rate and reseed the sampler's and data set's shuffles."""
+    for group in optimiser.param_groups:
+        group["lr"] = lr_at(config, epoch)
+    for part in (loader.sampler, loader.dataset):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 # ---------------------------------------------------------------- processes
 
 def rank_and_world() -> tuple[int, int]:
@@ -280,11 +290,7 @@ def train_classifier(model: CellClassifier, train: DataLoader, config: Classifie
                                       forward_sync_buffers=False)
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(config, epoch)
-        for part in (train.sampler, train.dataset):
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
+        start_epoch(optimiser, train, config, epoch)
         model.train()
         loss_sum, correct, n = 0.0, 0, 0
         bar = tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from edge.preprocess import Normalisation, to_model_input
 from export.augment import Augment
 from export.classifier_training import (BEST, LAST, ClassifierTrainConfig, _log_line, _resume, _save,
-                                        evaluate, load_weights, lr_at, predict, update_centroids)
+                                        evaluate, load_weights, lr_at, predict, start_epoch,
+                                        update_centroids)
 from export.datasets import BalancedSampler, FolderCrops, ShardSampler, Split
 from export.models.classifier import CellClassifier, build_classifier
 from export.models.heads import _D_MAX, _D_MIN
@@ -118,11 +119,7 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
     teacher_val_pred = predict(teacher, teacher_validation, device)[0].argmax(1)
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(config, epoch)
-        for part in (train.sampler, train.dataset):
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
+        start_epoch(optimiser, train, config, epoch)
         student.train()
         loss_sum, correct, n = 0.0, 0, 0
         for x, x_teacher, y in tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
