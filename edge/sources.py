@@ -141,7 +141,17 @@ class FolderSource(FrameSource):
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise FrameError(f"cannot decode image {path.name}")
+        if path.suffix.lower() in (".jpg", ".jpeg") and not _ends_with_jpeg_marker(path):
+            # libjpeg fills the missing rows with grey and says nothing the caller can see
+            raise FrameError(f"image {path.name} is truncated (no JPEG end marker)")
         return Frame(i, as_bgr8(image), time.time(), path.name)
+
+
+def _ends_with_jpeg_marker(path: Path) -> bool:
+    """A whole JPEG ends with its end-of-image marker (some cameras pad it with zero bytes)."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 4096))
+        return fh.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 class _SingleImageSource(FolderSource):

@@ -59,12 +59,19 @@ def import_labels(session_dirs: list[Path], labels_path: Path, reviewer: str | N
 def _read_labels(path: Path) -> LabelsFile:
     if not path.is_file():
         raise ReviewError(f"labels file not found: {path}")
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         if path.stat().st_size > MAX_LABELS_BYTES:
             raise ReviewError(f"{path} is over the {MAX_LABELS_BYTES}-byte limit for labels")
         return parse_labels(path.read_bytes(), str(path))
     with UntrustedZip(path) as zf:
         return _labels_from_archive(zf)
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # is_zipfile raises on some damaged end records; UntrustedZip says why
+        return True
 
 
 def _labels_from_archive(zf: UntrustedZip) -> LabelsFile:
@@ -147,9 +154,13 @@ def _apply(session: SessionRecord, mine: list, targets: dict[str, _Target], labe
            reviewer: str, now: float) -> int:
     db = open_store(session.root)
     try:
+        # Hold the write lock from the read on: an import running at the same time waits, then
+        # finds these labels already in place, so the same file is never applied twice.
+        db.execute("BEGIN IMMEDIATE")
         current = current_labels(db)
         changes = [x for x in mine if x.cell_id not in current or current[x.cell_id]["after"] != x.label]
         if not changes:
+            db.rollback()
             return 0
         import_id = uuid.uuid4().hex
         with db:

@@ -8,8 +8,10 @@ that lies about its size is caught too.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 from edge.review import ReviewError
@@ -18,6 +20,8 @@ MAX_MEMBERS = 100_000
 MAX_MEMBER_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 4 << 30
 _CHUNK = 1 << 20
+# What zipfile raises on a damaged archive: bad records, a damaged stream, an unknown version or method.
+_DAMAGED = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error, lzma.LZMAError)
 
 
 class UntrustedZip:
@@ -26,7 +30,7 @@ class UntrustedZip:
         self.max_member_bytes = max_member_bytes
         try:
             self._zf = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _DAMAGED as exc:
             raise ReviewError(f"{self.path} is not a readable zip archive ({exc})") from None
         try:
             self.members = self._check_members()
@@ -70,7 +74,7 @@ class UntrustedZip:
         try:
             with self._zf.open(info) as fh:
                 data = fh.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except _DAMAGED as exc:
             raise ReviewError(f"{self.path} is refused: member {name!r} cannot be read ({exc})") from None
         if len(data) > limit:
             raise ReviewError(f"{self.path} is refused: member {name!r} unpacks to more than {limit} bytes")
