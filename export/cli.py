@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge import DEFAULT_BUNDLE
+from export.cli_options import add_run_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--target-accuracy", type=float, default=0.99,
                     help="accepted accuracy the per-epoch provisional reject threshold is fitted for")
     tc.add_argument("--seed", type=int, default=0, help="split, initialisation, sampling and augmentation")
-    tc.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                    help="continue from OUT/last.pt if it exists")
     tc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
-    tc.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_run_options(tc)
     tc.set_defaults(handler=_train_classifier)
 
     cb = sub.add_parser("classifier-bundle",
@@ -86,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--workers", type=int, default=0, help="DataLoader processes")
     td.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    td.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                    help="continue from OUT/last.pt if it exists")
-    td.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_options(td)
     td.set_defaults(handler=_train_detector)
 
     db = sub.add_parser("detector-bundle",

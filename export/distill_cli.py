@@ -1,11 +1,11 @@
 """`edge export distil-classifier` and `edge export distil-detector`."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from export.cli import _fractions
+from export.cli_options import add_run_options
 
 
 def add_distil_commands(sub) -> None:
@@ -31,10 +31,8 @@ def add_distil_commands(sub) -> None:
     dc.add_argument("--workers", type=int, default=2, help="DataLoader processes")
     dc.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: their choice)")
     dc.add_argument("--seed", type=int, default=0)
-    dc.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                    help="continue from OUT/last.pt if it exists")
     dc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
-    dc.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_run_options(dc)
     dc.set_defaults(handler=_distil_classifier)
 
     from export.distill_detector import DetectorDistilConfig
@@ -49,8 +47,7 @@ def add_distil_commands(sub) -> None:
         dd.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     dd.add_argument("--workers", type=int, default=0, help="DataLoader processes")
     dd.add_argument("--threads", type=int, help="torch threads")
-    dd.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    dd.add_argument("--no-progress", dest="progress", action="store_false")
+    add_run_options(dd)
     dd.set_defaults(handler=_distil_detector)
 
 
