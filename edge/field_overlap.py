@@ -45,7 +45,7 @@ class OverlapFilter:
         mask = np.zeros(len(boxes), bool)
         shift = None
         if self._previous is not None and self._previous.shape == image.shape[:2]:
-            shift = estimate_shift(cv2.cvtColor(self._previous, cv2.COLOR_GRAY2BGR), image)
+            shift = estimate_shift(self._previous, image)
             if shift.reliable:
                 sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else [0]
                 radius = max(MIN_RADIUS, RADIUS_OF_DIAMETER * float(np.median(sides)))

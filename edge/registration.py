@@ -49,8 +49,9 @@ class Shift:
 
 
 def estimate_shift(previous_bgr: np.ndarray, current_bgr: np.ndarray, work_width: int = WORK_WIDTH) -> Shift:
-    """The stage move from the previous field to the current one (see the module's sign convention)."""
-    if previous_bgr.shape != current_bgr.shape:
+    """The stage move from the previous field to the current one (see the module's sign convention).
+    Either field may be BGR or grey."""
+    if previous_bgr.shape[:2] != current_bgr.shape[:2]:
         raise ValueError(f"fields of different shapes {previous_bgr.shape} and {current_bgr.shape}")
     previous, current = _grey(previous_bgr), _grey(current_bgr)
     scale = min(1.0, work_width / previous.shape[1])
@@ -100,7 +101,9 @@ def _visible_centres(boxes: np.ndarray, region: tuple[float, float, float, float
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    """BGR or already grey (a kept previous field) -> float32 grey."""
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return grey.astype(np.float32)
 
 
 def _shrink(grey: np.ndarray, scale: float) -> np.ndarray:
