@@ -29,13 +29,14 @@ import math
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
 from calibration.binomial import binomial_cdf, clopper_pearson_upper
+from edge.settings import check_section
 
 log = logging.getLogger("edge.drift")
 
@@ -79,12 +80,7 @@ class DriftBands:
 
     @classmethod
     def from_dict(cls, d: dict, class_names=None) -> "DriftBands":
-        if not isinstance(d, dict):
-            raise ValueError("the drift section must be an object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown drift setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_section(d, cls, "drift")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -28,10 +28,12 @@ milliseconds on a 1920 x 1080 field:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+from edge.settings import check_section
 
 QUALITY_PREFIX = "quality: "   # the start of the skip reason of a field refused by the gate
 GRID = 4                       # light is estimated in GRID x GRID blocks
@@ -82,12 +84,7 @@ class QualityLimits:
     @classmethod
     def from_dict(cls, d: dict) -> "QualityLimits":
         """From a manifest section or overrides; unknown keys are refused with the known ones named."""
-        if not isinstance(d, dict):
-            raise ValueError("the quality section must be an object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown quality setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_section(d, cls, "quality")
         if "enabled" in d and not isinstance(d["enabled"], bool):
             raise ValueError("quality.enabled must be true or false")
         values = dict(d)
