@@ -351,12 +351,13 @@ def train_classifier_arrays(model: CellClassifier, images: np.ndarray, labels: n
 def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config: ClassifierTrainConfig, *,
                     arch: str, img_size: int, head: HeadKind = "ccl",
                     split_file: str | os.PathLike | None = None, workers: int = 2,
-                    max_per_class: int | None = None, resume: bool = True,
-                    progress: bool = True) -> tuple[CellClassifier, list[dict]]:
+                    max_per_class: int | None = None, resume: bool = True, progress: bool = True,
+                    cache_side: int | None = None) -> tuple[CellClassifier, list[dict]]:
     """Split a folder-per-class data set (70/15/15, seeded) and train on it, with the paper's augmentation.
 
     Class-balanced training epochs as long as the train split; calibration and
-    validation evaluated every epoch. Call inside `distributed_from_env()` for
+    validation evaluated every epoch. `cache_side`: keep the images decoded
+    in memory at that size (FolderCrops). Call inside `distributed_from_env()` for
     a data-parallel run.
     """
     rank, world = rank_and_world()
@@ -376,13 +377,15 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
             "normalisation": norm.to_dict()}
     pin = torch.cuda.is_available()
     train_items = split.items("train")
-    train_set = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, stream=rank)
+    train_set = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, stream=rank,
+                            cache_side=cache_side)
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed, rank=rank, world_size=world)
     loaders = {"train": DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=workers,
                                    pin_memory=pin)}
     for name in ("calibration", "validation"):
         items = split.items(name)
-        loaders[name] = DataLoader(FolderCrops(data, items, img_size, norm), config.batch_size,
+        loaders[name] = DataLoader(FolderCrops(data, items, img_size, norm, cache_side=cache_side),
+                                   config.batch_size,
                                    sampler=ShardSampler(len(items), rank, world), num_workers=workers,
                                    pin_memory=pin)
     history = train_classifier(model, loaders["train"], config, calibration=loaders["calibration"],

@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge import DEFAULT_BUNDLE
-from export.cli_options import add_run_options
+from export.cli_options import add_cache_option, add_run_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="accepted accuracy the per-epoch provisional reject threshold is fitted for")
     tc.add_argument("--seed", type=int, default=0, help="split, initialisation, sampling and augmentation")
     tc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
+    add_cache_option(tc)
     add_run_options(tc)
     tc.set_defaults(handler=_train_classifier)
 
@@ -144,7 +145,7 @@ def _train_classifier(args) -> int:
         model, history = train_on_folder(
             args.data, args.out, config, arch=args.arch, img_size=args.img_size, head=args.head,
             split_file=args.split_file, workers=args.workers, max_per_class=args.max_images_per_class,
-            resume=args.resume, progress=args.progress)
+            resume=args.resume, progress=args.progress, cache_side=args.cache_side)
     if rank != 0:
         return 0
     chosen = args.out / BEST if (args.out / BEST).exists() else args.out / LAST

@@ -8,3 +8,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/last.pt if it exists")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-side", type=int, metavar="PX",
+                        help="decode every image once and keep it in memory, its longer side shrunk to PX "
+                             "(at least the largest input size; much faster epochs on a CPU)")

@@ -68,8 +68,10 @@ def distillation_loss(d_student: torch.Tensor, d_teacher: torch.Tensor, labels: 
 class TwoSizeCrops(FolderCrops):
     """(student input, teacher input, label): one augmented image, preprocessed at both sizes."""
 
-    def __init__(self, *args, teacher_size: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, teacher_size: int, cache_side: int | None = None, **kwargs) -> None:
+        if cache_side is not None and cache_side < teacher_size:
+            raise ValueError(f"cache side {cache_side} is below the teacher's input size {teacher_size}")
+        super().__init__(*args, cache_side=cache_side, **kwargs)
         self.teacher_size = teacher_size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -153,12 +155,13 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
 def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, split_file: str | os.PathLike,
                      out_dir: str | os.PathLike, config: DistilConfig, *, arch: str = STUDENT_ARCH,
                      img_size: int = STUDENT_IMG_SIZE, teacher_checkpoint: str = BEST, workers: int = 2,
-                     max_per_class: int | None = None, resume: bool = True,
-                     progress: bool = True) -> tuple[CellClassifier, list[dict]]:
+                     max_per_class: int | None = None, resume: bool = True, progress: bool = True,
+                     cache_side: int | None = None) -> tuple[CellClassifier, list[dict]]:
     """Distil the teacher of run `teacher_run` into a new `arch` student on the teacher's own split.
 
     The split file must be the one the teacher was trained with, so that the
     student's calibration and validation cells were never trained on by either.
+    `cache_side`: keep the images decoded in memory at that size (FolderCrops).
     """
     teacher_run, out_dir = Path(teacher_run), Path(out_dir)
     teacher, teacher_meta = load_run_classifier(teacher_run, teacher_checkpoint)
@@ -177,12 +180,13 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
                         "img_size": teacher_meta["img_size"]}}
     t_size = teacher_meta["img_size"]
     train_items = split.items("train")
-    train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, teacher_size=t_size)
+    train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, teacher_size=t_size,
+                             cache_side=cache_side)
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed)
 
     def plain(name: str, size: int) -> DataLoader:
         items = split.items(name)
-        return DataLoader(FolderCrops(data, items, size, norm), config.batch_size,
+        return DataLoader(FolderCrops(data, items, size, norm, cache_side=cache_side), config.batch_size,
                           sampler=ShardSampler(len(items)), num_workers=workers)
 
     history = distil_classifier(

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from export.cli import _fractions
-from export.cli_options import add_run_options
+from export.cli_options import add_cache_option, add_run_options
 
 
 def add_distil_commands(sub) -> None:
@@ -32,6 +32,7 @@ def add_distil_commands(sub) -> None:
     dc.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: their choice)")
     dc.add_argument("--seed", type=int, default=0)
     dc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
+    add_cache_option(dc)
     add_run_options(dc)
     dc.set_defaults(handler=_distil_classifier)
 
@@ -90,7 +91,8 @@ def _distil_classifier(args) -> int:
     student, history = distil_on_folder(
         args.teacher, args.data, args.split_file, args.out, config, arch=args.arch, img_size=args.img_size,
         teacher_checkpoint=args.teacher_checkpoint, workers=args.workers,
-        max_per_class=args.max_images_per_class, resume=args.resume, progress=args.progress)
+        max_per_class=args.max_images_per_class, resume=args.resume, progress=args.progress,
+        cache_side=args.cache_side)
     chosen = best_checkpoint(args.out)
     state = load_weights(student.cpu(), chosen)
     student_onnx = export_onnx(student.eval(), args.img_size, args.out / "classifier.onnx", output_name="scores")

@@ -55,7 +55,7 @@ def test_cli_trains_checkpoints_logs_exports_and_resumes(tmp_path, caplog):
     assert scores.shape == (2, 3) and ((scores > 0) & (scores <= 1)).all()  # CCL kernel values
 
     with caplog.at_level(logging.INFO, logger="export.classifier"):
-        assert main(args + ["--epochs", "3"]) == 0
+        assert main(args + ["--epochs", "3", "--cache-side", "48"]) == 0  # images held in memory
     assert "resumed from" in caplog.text and "after epoch 2" in caplog.text
     assert sum("epoch " in m and "/3 loss" in m for m in caplog.messages) == 1  # only epoch 3 ran
     resumed = _read_log(out / "log.jsonl")

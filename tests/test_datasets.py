@@ -113,6 +113,25 @@ def test_folder_dataset_gives_the_shared_preprocessing(data, tmp_path):
     np.testing.assert_array_equal(x.numpy(), to_model_input(image[None], (16, 16), norm)[0])
 
 
+def test_cached_folder_dataset_holds_each_image_decoded_once_and_shrunk(tmp_path):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    cv2.imwrite(str(root / "a" / "big.png"), rng.integers(0, 256, (60, 90, 3), np.uint8))
+    cv2.imwrite(str(root / "a" / "small.png"), rng.integers(0, 256, (20, 10, 3), np.uint8))
+    items = [("a/big.png", 0), ("a/small.png", 0)]
+    norm = Normalisation()
+    dataset = FolderCrops(root, items, 16, norm, cache_side=30)
+    (root / "a" / "big.png").unlink()  # served from memory from now on
+    big, small = dataset.image(0), dataset.image(1)
+    assert big.shape == (20, 30, 3)  # longer side 30, aspect kept
+    assert small.shape == (20, 10, 3)  # never enlarged
+    x, _ = dataset[0]
+    np.testing.assert_array_equal(x.numpy(), to_model_input(big[None], (16, 16), norm)[0])
+    with pytest.raises(ValueError, match="below the input size"):
+        FolderCrops(root, items[1:], 16, norm, cache_side=8)
+
+
 def test_augmented_dataset_is_seeded_per_epoch():
     images = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), np.uint8)
 

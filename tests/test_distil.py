@@ -48,6 +48,15 @@ def test_two_size_views_are_one_image_through_the_device_preprocessing(tmp_path)
     np.testing.assert_array_equal(x_teacher.numpy(), to_model_input(image[None], (48, 48), norm)[0])
 
 
+def test_two_size_cache_must_hold_the_teacher_size(tmp_path):
+    write_crop_folders(tmp_path, per_class=1, size=80, seed=1)
+    items = [("neutrophil/synthetic_1_00000.png", 0)]
+    with pytest.raises(ValueError, match="teacher's input size"):
+        TwoSizeCrops(tmp_path, items, 32, Normalisation(), teacher_size=48, cache_side=40)
+    views = TwoSizeCrops(tmp_path, items, 32, Normalisation(), teacher_size=48, cache_side=48)[0]
+    assert views[0].shape == (3, 32, 32) and views[1].shape == (3, 48, 48)
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     """Synthetic crops, a split, and a teacher run folder holding a (random) tiny CCL teacher checkpoint."""
@@ -82,7 +91,8 @@ def test_tiny_distillation_learns_checkpoints_and_resumes(teacher_run, caplog):
 
     with caplog.at_level(logging.INFO, logger="export.classifier"):
         _, resumed = distil_on_folder(root / "teacher", data, root / "split.json", out,
-                                      DistilConfig(**{**config.__dict__, "epochs": 4}), **kwargs)
+                                      DistilConfig(**{**config.__dict__, "epochs": 4}), **kwargs,
+                                      cache_side=48)  # images in memory: same run, same results format
     assert "after epoch 3" in caplog.text
     assert resumed[:3] == history and resumed[3]["epoch"] == 4
     with pytest.raises(ValueError, match="checkpoint"):  # another student config cannot resume this run
