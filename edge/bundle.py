@@ -41,8 +41,25 @@ class BundleError(ValueError):
 
 
 @dataclass(frozen=True)
+class TensorRTVariant:
+    """The file TensorRT builds an INT8 model's engine from: the same model quantised symmetrically.
+
+    An INT8 model file is QDQ with uint8 activations (U8S8, what ONNX Runtime
+    runs fast on x86); TensorRT parses only symmetric int8 Q/DQ (zero points
+    0), so the export writes this twin beside it, calibrated on the same
+    ranges. Verified on load like the main file.
+    """
+
+    file: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One model file and how to feed it."""
+    """One model file and how to feed it; an INT8 model may carry its TensorRT variant."""
 
     file: str
     sha256: str
@@ -54,18 +71,27 @@ class ModelSpec:
     colour_order: str = "RGB"
     normalisation: Normalisation = field(default_factory=Normalisation)
     precision: str = "fp32"
+    tensorrt: TensorRTVariant | None = None  # only for precision int8; older bundles have none
 
     @property
     def input_hw(self) -> tuple[int, int]:
         return self.input_shape[2], self.input_shape[3]
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The model's files in its bundle: its own, then its TensorRT variant's if it has one."""
+        return (self.file,) if self.tensorrt is None else (self.file, self.tensorrt.file)
+
     def to_dict(self) -> dict:
-        return {
+        d = {
             "file": self.file, "sha256": self.sha256, "input_name": self.input_name,
             "input_shape": list(self.input_shape), "outputs": list(self.outputs),
             "layout": self.layout, "dtype": self.dtype, "colour_order": self.colour_order,
             "normalisation": self.normalisation.to_dict(), "precision": self.precision,
         }
+        if self.tensorrt is not None:
+            d["tensorrt"] = self.tensorrt.to_dict()
+        return d
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,10 @@ class Bundle:
     def model_path(self, spec: ModelSpec) -> Path:
         return self.root / spec.file
 
+    def tensorrt_path(self, spec: ModelSpec) -> Path:
+        """The file TensorRT builds from and looks engines up by: the TensorRT variant if any, else the model's."""
+        return self.root / (spec.tensorrt.file if spec.tensorrt is not None else spec.file)
+
 
 # ---------------------------------------------------------------- writing
 
@@ -140,20 +170,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def copy_model_files(bundle: Bundle, spec: ModelSpec, root: Path) -> None:
+    """Copy one of `bundle`'s models into the folder `root`: its file and its TensorRT variant, if any."""
+    for name in spec.files:
+        target = Path(root) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / name, target)
+
+
 def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
                  ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
                  thresholds: Thresholds, tiling: Tiling, provenance: dict,
                  quality: QualityLimits | None = None, drift: DriftBands | None = None) -> Path:
     """Write manifest.json for model files already placed in `root`.
 
-    The SHA-256 fields of the specs are recomputed from the files, so a caller
-    cannot seal a bundle whose hashes disagree with its contents.
+    The SHA-256 fields of the specs (and of their TensorRT variants) are
+    recomputed from the files, so a caller cannot seal a bundle whose hashes
+    disagree with its contents.
     """
     root = Path(root)
     models = {}
     for role, spec in (("detector", detector), ("classifier", classifier)):
         entry = spec.to_dict()
         entry["sha256"] = sha256_file(root / spec.file)
+        if spec.tensorrt is not None:
+            entry["tensorrt"]["sha256"] = sha256_file(root / spec.tensorrt.file)
         models[role] = entry
     manifest = {
         "format": FORMAT_NAME,
@@ -196,8 +237,10 @@ def load_bundle(path: str | Path, check_thresholds: bool = True) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
     bundle = _parse_manifest(manifest, path.resolve(), hashlib.sha256(raw).hexdigest(), check_thresholds)
-    for spec in (bundle.detector, bundle.classifier):
-        _verify_file(bundle.root, spec)
+    for role, spec in (("detector", bundle.detector), ("classifier", bundle.classifier)):
+        _verify_file(bundle.root, spec.file, spec.sha256, "model file")
+        if spec.tensorrt is not None:
+            _verify_file(bundle.root, spec.tensorrt.file, spec.tensorrt.sha256, f"the {role}'s TensorRT variant")
     return bundle
 
 
@@ -279,14 +322,10 @@ def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
               "colour_order", "normalisation", "precision"}
     missing = sorted(fields - set(d))
     _require(not missing, f"models.{role} lacks {', '.join(missing)}")
-    extra = sorted(set(d) - fields)
+    extra = sorted(set(d) - fields - {"tensorrt"})
     _require(not extra, f"models.{role} has unknown fields: {', '.join(extra)}")
-    file = d["file"]
-    _require(isinstance(file, str) and file, f"models.{role}.file must be a file name")
-    resolved = (root / file).resolve()
-    _require(resolved.is_relative_to(root), f"models.{role}.file {file!r} points outside the bundle")
-    _require(isinstance(d["sha256"], str) and len(d["sha256"]) == 64,
-             f"models.{role}.sha256 must be a 64-character hex digest")
+    file = _parse_file(d["file"], root, f"models.{role}.file")
+    _require(_is_sha256(d["sha256"]), f"models.{role}.sha256 must be a 64-character hex digest")
     shape = d["input_shape"]
     _require(isinstance(shape, list) and len(shape) == 4
              and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
@@ -306,10 +345,33 @@ def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
         isinstance(norm[k], list) and len(norm[k]) == 3 and all(_is_finite(v) for v in norm[k])
         for k in ("mean", "std")) and all(v > 0 for v in norm["std"]),
         f"models.{role}.normalisation must have three-number mean and positive std, and nothing else")
+    tensorrt = None
+    if "tensorrt" in d:
+        tensorrt = _parse_tensorrt(d["tensorrt"], role, d["precision"], file, root)
     return ModelSpec(file=file, sha256=d["sha256"].lower(), input_name=d["input_name"],
                      input_shape=tuple(shape), outputs=tuple(outputs), layout=d["layout"],
                      dtype=d["dtype"], colour_order=d["colour_order"],
-                     normalisation=Normalisation.from_dict(norm), precision=d["precision"])
+                     normalisation=Normalisation.from_dict(norm), precision=d["precision"], tensorrt=tensorrt)
+
+
+def _parse_file(file: Any, root: Path, where: str) -> str:
+    _require(isinstance(file, str) and file, f"{where} must be a file name")
+    _require((root / file).resolve().is_relative_to(root), f"{where} {file!r} points outside the bundle")
+    return file
+
+
+def _parse_tensorrt(d: Any, role: str, precision: str, model_file: str, root: Path) -> TensorRTVariant:
+    where = f"models.{role}.tensorrt"
+    _require(precision == "int8", f"{where} is only for an int8 model; this {role} is {precision}")
+    _require(isinstance(d, dict), f"{where} is not an object")
+    missing = sorted({"file", "sha256"} - set(d))
+    _require(not missing, f"{where} lacks {', '.join(missing)}")
+    _require_known_keys(d, {"file", "sha256"}, where)
+    file = _parse_file(d["file"], root, f"{where}.file")
+    _require((root / file).resolve() != (root / model_file).resolve(),
+             f"{where}.file must be a file of its own, not the model file {model_file!r}")
+    _require(_is_sha256(d["sha256"]), f"{where}.sha256 must be a 64-character hex digest")
+    return TensorRTVariant(file, d["sha256"].lower())
 
 
 def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
@@ -372,15 +434,19 @@ def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:
     return Tiling(tile, overlap, float(scale), float(score), float(context))
 
 
-def _verify_file(root: Path, spec: ModelSpec) -> None:
-    path = root / spec.file
+def _verify_file(root: Path, file: str, sha256: str, what: str) -> None:
+    path = root / file
     if not path.is_file():
-        raise BundleError(f"model file {spec.file} named in the manifest is missing")
+        raise BundleError(f"{what} {file} named in the manifest is missing")
     actual = sha256_file(path)
-    if actual != spec.sha256:
-        raise BundleError(f"model file {spec.file} fails its SHA-256 check "
-                          f"(manifest {spec.sha256[:12]}..., file {actual[:12]}...): "
+    if actual != sha256:
+        raise BundleError(f"{what} {file} fails its SHA-256 check "
+                          f"(manifest {sha256[:12]}..., file {actual[:12]}...): "
                           "the bundle is damaged or was altered")
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdefABCDEF" for c in v)
 
 
 def _is_number(v: Any) -> bool:

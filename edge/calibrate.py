@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from calibration.rules import RuleFit, fit_rule, rule_confidence, rules_for_head
-from edge.bundle import THRESHOLD_RULES, Bundle, Thresholds, load_bundle, sha256_file, write_bundle
+from edge.bundle import (THRESHOLD_RULES, Bundle, Thresholds, copy_model_files, load_bundle, sha256_file,
+                         write_bundle)
 from edge.decision import RejectRule
 from edge.drift import DriftBands, fit_drift_bands
 from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
@@ -223,9 +224,7 @@ def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provena
     staging.mkdir(parents=True)
     try:
         for spec in (bundle.detector, bundle.classifier):
-            target = staging / spec.file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle.model_path(spec), target)
+            copy_model_files(bundle, spec, staging)
         if sha256_file(staging / bundle.classifier.file) != thresholds.classifier_sha256:
             raise CalibrationError(f"{bundle.classifier.file} changed while it was being calibrated")
         write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,

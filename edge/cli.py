@@ -265,11 +265,13 @@ def _cmd_info(args) -> int:
     b = load_bundle(args.bundle)
     t = b.thresholds
     print(f"bundle      {b.root}")
-    print(f"verified    manifest sha256 {b.manifest_sha256[:16]}..., {2} model files")
+    print(f"verified    manifest sha256 {b.manifest_sha256[:16]}..., "
+          f"{len(b.detector.files) + len(b.classifier.files)} model files")
     print(f"classes     {', '.join(b.class_names)}")
     print(f"head        {b.classifier_head}" + (f" (sigma {b.ccl_sigma})" if b.ccl_sigma else ""))
     for role, spec in (("detector", b.detector), ("classifier", b.classifier)):
-        print(f"{role:<11} {spec.file} input {spec.input_name} {list(spec.input_shape)} {spec.precision}")
+        print(f"{role:<11} {spec.file} input {spec.input_name} {list(spec.input_shape)} {spec.precision}"
+              + (f" (TensorRT variant {spec.tensorrt.file})" if spec.tensorrt else ""))
     print(f"threshold   {t.global_threshold:.4f} for accepted accuracy {t.target_accuracy:.3f} ({t.method})")
     print(f"tiling      tile {b.tiling.tile_size}, overlap {b.tiling.overlap}, scale {b.tiling.scale}")
     print(f"provenance  {json.dumps(b.provenance)}")

@@ -187,8 +187,11 @@ def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
 
 def _open_checked(bundle: Bundle, spec: ModelSpec, backend: str, threads: int | None,
                   classes: int | None) -> Runner:
-    """Open a model and check that it is the model the manifest describes."""
-    path = bundle.model_path(spec)
+    """Open a model and check that it is the model the manifest describes.
+
+    TensorRT runs the engine built from the model's TensorRT variant where it has one (an INT8 model).
+    """
+    path = bundle.tensorrt_path(spec) if backend == "tensorrt" else bundle.model_path(spec)
     try:
         runner = open_runner(backend, path, threads)
     except BackendError as exc:

@@ -4,7 +4,8 @@
                                                    blur, noise, uneven light and stain per field
     synthetic-stage[:fields=N,step=F,still=K,move=M,...]   a stage touring one large smear
                                                    (edge/stage_source.py)
-    demo                                           the built-in demo fields (synthetic, varied, fixed seed)
+    demo                                           the built-in demo: six real BCCD smear fields
+                                                   (edge/demo_fields), then synthetic varied fields
     PATH/TO/FOLDER                                 images in sorted name order
     PATH/TO/IMAGE.png                              one image
     PATH/TO/VIDEO.mp4                              a video file
@@ -44,7 +45,8 @@ log = logging.getLogger("edge.sources")
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://")
-DEMO_SPEC = "synthetic:frames=12,seed=2026,vary=1"
+DEMO_FIELDS = Path(__file__).parent / "demo_fields"  # real fields, licence and provenance in its README
+DEMO_SPEC = "synthetic:frames=12,seed=2026,vary=1"  # the synthetic part of the demo
 FPS_WINDOW = 30  # frames over which the delivered rate is measured
 # A stalled stream must fail its read rather than block the grabbing thread forever.
 STREAM_TIMEOUTS_MS = (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000)
@@ -152,6 +154,30 @@ def _ends_with_jpeg_marker(path: Path) -> bool:
     with open(path, "rb") as fh:
         fh.seek(max(0, path.stat().st_size - 4096))
         return fh.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+class ChainedSource(FrameSource):
+    """The frames of finite sources one after another, numbered on from the first."""
+
+    def __init__(self, sources: list[FrameSource]):
+        super().__init__()
+        if not sources:
+            raise SourceError("a chain of sources needs at least one")
+        self.sources = list(sources)
+        self.description = " then ".join(s.description for s in self.sources)
+        self._current = 0
+
+    def _read(self, timeout: float | None) -> Frame | None:
+        while self._current < len(self.sources):
+            frame = self.sources[self._current].read(timeout)
+            if frame is not None:
+                return replace(frame, frame_id=self.frames_read + self.read_errors)
+            self._current += 1
+        return None
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
 
 
 class _SingleImageSource(FolderSource):
@@ -346,7 +372,7 @@ def open_source(spec: str, reconnect: ReconnectPolicy = ReconnectPolicy(),
                 capture_factory: CaptureFactory = open_capture) -> FrameSource:
     """Open a source from its string; raise SourceError with the reason if it cannot be."""
     if spec == "demo":
-        spec = DEMO_SPEC
+        return ChainedSource([FolderSource(DEMO_FIELDS), _open_synthetic(DEMO_SPEC, "synthetic")])
     head = spec.split(":", 1)[0]
     if head in ("synthetic", "synthetic-stage"):
         return _open_synthetic(spec, head)

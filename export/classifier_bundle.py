@@ -7,7 +7,6 @@ the detector and tiling come from an existing bundle.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
-from edge.bundle import ModelSpec, Thresholds, load_bundle, sha256_file, write_bundle
+from edge.bundle import ModelSpec, Thresholds, copy_model_files, load_bundle, sha256_file, write_bundle
 from edge.decision import confidence_of
 from edge.evaluate import read_cell_image
 from edge.preprocess import Normalisation
@@ -51,7 +50,7 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
 
     with staged_bundle(out) as staging:
         onnx_path = export_onnx(model.eval(), meta["img_size"], staging / "classifier.onnx", output_name="scores")
-        shutil.copy(detector_source.model_path(detector_source.detector), staging / detector_source.detector.file)
+        copy_model_files(detector_source, detector_source.detector, staging)
 
         figures = {}
         for name in ("calibration", "validation"):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from edge.bundle import ModelSpec, Tiling, load_bundle, write_bundle
+from edge.bundle import ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
 from edge.preprocess import Normalisation
 from edge.synthetic import SmearConfig, max_cell_diameter_px
 from export.deployed import git_commit, staged_bundle
@@ -71,7 +70,7 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
 
     with staged_bundle(out) as staging:
         export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
-        shutil.copy(source.model_path(source.classifier), staging / source.classifier.file)
+        copy_model_files(source, source.classifier, staging)
         tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
         write_bundle(
             staging, class_names=list(source.class_names), classifier_head=source.classifier_head,

@@ -1,7 +1,13 @@
 """Distilling a CrossFormer-CCL teacher into a small CrossFormer-CCL student.
 
 Each batch, the same augmented cell is shown to the teacher at its input size
-and to the student at its own, both through edge's shared preprocessing.
+and to the student at its own, both through edge's shared preprocessing. With
+fixed teacher targets, the teacher sees each training image once instead,
+un-augmented, before the first epoch (kept in OUT/teacher_targets.npz for a
+resumed run), and the student's augmented views of an image all learn that
+one D vector: the teacher's forward pass is most of a CPU epoch's cost
+(a CrossFormer-T at 96 px against a 64 px student), so epochs run several
+times faster, at the price of targets that do not follow the augmentation.
 
 - Stage I: gradient on the student's backbone and W. The loss is CCL's binary
   cross-entropy over the kernel outputs D, against a target that mixes the
@@ -35,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from edge.bundle import sha256_file
 from edge.preprocess import Normalisation, to_model_input
 from export.augment import Augment
 from export.classifier_training import (BEST, LAST, ClassifierTrainConfig, _log_line, _resume, _save,
@@ -53,6 +60,9 @@ STUDENT_IMG_SIZE = 64
 @dataclass(frozen=True)
 class DistilConfig(ClassifierTrainConfig):
     soft_weight: float = 0.5  # a: the teacher's share of the target; 1 - a is the hard label's
+    fixed_teacher_targets: bool = False  # the teacher's D of each un-augmented image, computed once
+
+TEACHER_TARGETS = "teacher_targets.npz"
 
 
 def distillation_loss(d_student: torch.Tensor, d_teacher: torch.Tensor, labels: torch.Tensor,
@@ -82,6 +92,36 @@ class TwoSizeCrops(FolderCrops):
         return torch.from_numpy(views[0]), torch.from_numpy(views[1]), int(self.labels[index])
 
 
+class IndexedCrops(FolderCrops):
+    """(student input, image index, label): for teacher targets looked up per image."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        x, label = super().__getitem__(index)
+        return x, index, label
+
+
+def fixed_teacher_targets(teacher: CellClassifier, images: DataLoader, out_dir: Path, key: dict,
+                          device: torch.device) -> torch.Tensor:
+    """The teacher's D (N, C) for `images` (in order, un-augmented), from OUT/teacher_targets.npz
+    when that file was made for the same `key` (teacher checkpoint and images), else computed and saved."""
+    path = out_dir / TEACHER_TARGETS
+    key_json = json.dumps(key, sort_keys=True)
+    if path.is_file():
+        with np.load(path) as saved:
+            if str(saved["key"]) == key_json:
+                log.info("teacher targets from %s", path)
+                return torch.from_numpy(saved["targets"])
+        log.info("teacher targets in %s are for another teacher or split; computing them again", path)
+    started = time.perf_counter()
+    targets = predict(teacher, images, device)[0].astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, targets=targets, key=np.array(key_json))
+    os.replace(tmp, path)
+    log.info("teacher targets for %d images in %.0f s", len(targets), time.perf_counter() - started)
+    return torch.from_numpy(targets)
+
+
 def load_run_classifier(run: Path, checkpoint: str = BEST) -> tuple[CellClassifier, dict]:
     """The classifier of a training (or distillation) run at `checkpoint`, eval mode, and its meta."""
     path = Path(run) / checkpoint
@@ -102,11 +142,13 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
                       config: DistilConfig, *, calibration: DataLoader, validation: DataLoader,
                       teacher_validation: DataLoader, out_dir: str | os.PathLike, meta: dict,
                       resume: bool = True, device: torch.device | None = None,
-                      progress: bool = True) -> list[dict]:
+                      progress: bool = True, teacher_targets: torch.Tensor | None = None) -> list[dict]:
     """Train `student` from `teacher` for `config.epochs` epochs in all; one log dict per epoch.
 
-    `train` yields (student input, teacher input, label); `validation` and
-    `teacher_validation` hold the same images in the same order at the two sizes.
+    `train` yields (student input, teacher input, label), or with
+    `teacher_targets` (the teacher's D per training image) (student input,
+    image index, label). `validation` and `teacher_validation` hold the same
+    images in the same order at the two sizes.
     """
     if teacher.head_kind != "ccl" or student.head_kind != "ccl":
         raise ValueError("distillation needs a CCL teacher and a CCL student (the D vectors are the soft targets)")
@@ -124,11 +166,14 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
         start_epoch(optimiser, train, config, epoch)
         student.train()
         loss_sum, correct, n = 0.0, 0, 0
-        for x, x_teacher, y in tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                                    disable=not progress):
-            x, x_teacher, y = x.to(device), x_teacher.to(device), y.to(device)
-            with torch.no_grad():
-                d_teacher = teacher(x_teacher)
+        for x, teacher_view, y in tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                                       disable=not progress):
+            x, y = x.to(device), y.to(device)
+            if teacher_targets is not None:
+                d_teacher = teacher_targets[teacher_view].to(device)
+            else:
+                with torch.no_grad():
+                    d_teacher = teacher(teacher_view.to(device))
             d = student.head(student.features(x))
             loss = distillation_loss(d, d_teacher, y, config.soft_weight)
             optimiser.zero_grad(set_to_none=True)
@@ -177,11 +222,10 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
     meta = {"arch": arch, "img_size": img_size, "head": "ccl", "class_names": list(split.class_names),
             "normalisation": norm.to_dict(),
             "teacher": {"run": str(teacher_run), "checkpoint": teacher_checkpoint, "arch": teacher_meta["arch"],
-                        "img_size": teacher_meta["img_size"]}}
+                        "img_size": teacher_meta["img_size"],
+                        "targets": "fixed" if config.fixed_teacher_targets else "online"}}
     t_size = teacher_meta["img_size"]
     train_items = split.items("train")
-    train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, teacher_size=t_size,
-                             cache_side=cache_side)
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed)
 
     def plain(name: str, size: int) -> DataLoader:
@@ -189,11 +233,21 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
         return DataLoader(FolderCrops(data, items, size, norm, cache_side=cache_side), config.batch_size,
                           sampler=ShardSampler(len(items)), num_workers=workers)
 
+    targets = None
+    if config.fixed_teacher_targets:
+        train_set = IndexedCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
+                                 cache_side=cache_side)
+        key = {"teacher": meta["teacher"] | {"sha256": sha256_file(teacher_run / teacher_checkpoint)},
+               "images": train_items, "cache_side": cache_side}
+        targets = fixed_teacher_targets(teacher, plain("train", t_size), out_dir, key, torch.device("cpu"))
+    else:
+        train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
+                                 teacher_size=t_size, cache_side=cache_side)
     history = distil_classifier(
         teacher, student, DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=workers),
         config, calibration=plain("calibration", img_size), validation=plain("validation", img_size),
         teacher_validation=plain("validation", t_size), out_dir=out_dir, meta=meta, resume=resume,
-        progress=progress)
+        progress=progress, teacher_targets=targets)
     return student, history
 
 

@@ -27,6 +27,9 @@ def add_distil_commands(sub) -> None:
                     help="fractions of the epochs where lr is cut x0.1")
     dc.add_argument("--soft-weight", type=float, default=0.5,
                     help="share of the teacher's D vector in the target (the rest is the hard label)")
+    dc.add_argument("--fixed-teacher-targets", action="store_true",
+                    help="the teacher's D of each un-augmented training image, computed once, instead of its D "
+                         "of every augmented view (several times faster epochs on a CPU)")
     dc.add_argument("--target-accuracy", type=float, default=0.99, help="accepted accuracy of the reject thresholds")
     dc.add_argument("--workers", type=int, default=2, help="DataLoader processes")
     dc.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: their choice)")
@@ -87,7 +90,8 @@ def _distil_classifier(args) -> int:
         torch.set_num_threads(args.threads)
     config = DistilConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, lr_drops=args.lr_drops, seed=args.seed,
-                          target_accuracy=args.target_accuracy, soft_weight=args.soft_weight)
+                          target_accuracy=args.target_accuracy, soft_weight=args.soft_weight,
+                          fixed_teacher_targets=args.fixed_teacher_targets)
     student, history = distil_on_folder(
         args.teacher, args.data, args.split_file, args.out, config, arch=args.arch, img_size=args.img_size,
         teacher_checkpoint=args.teacher_checkpoint, workers=args.workers,
@@ -110,7 +114,8 @@ def _distil_classifier(args) -> int:
     report["notes"] = {"teacher": f"{args.teacher}/{args.teacher_checkpoint} ({teacher_meta['arch']}, "
                                   f"{teacher_meta['img_size']} px)",
                        "student": f"{chosen} ({args.arch}, {args.img_size} px), epoch {state['epoch']} "
-                                  f"of {len(history)}, soft weight {args.soft_weight}"}
+                                  f"of {len(history)}, soft weight {args.soft_weight}, teacher targets "
+                                  f"{'fixed (un-augmented images)' if args.fixed_teacher_targets else 'online'}"}
     json_path, md_path = write_report(report, args.out / "report", "Distillation: teacher vs student")
     print(json.dumps({"report": str(json_path), "markdown": str(md_path)} | report["models"], indent=2))
     return 0

@@ -17,11 +17,18 @@ FP16: every weight and activation in half precision except the same tail and
 the model's inputs and outputs (keep_io_types), so a bundle's feed and
 outputs stay float32.
 
-The QDQ file is also what TensorRT builds its INT8 engine from.
+TensorRT twin (`symmetric=True`): TensorRT parses only symmetric int8 Q/DQ
+(int8 zero points, all 0) and no int32 bias DequantizeLinear, so the file a
+Jetson builds its INT8 engine from is written separately: int8 activations
+and weights, both symmetric, biases left float, the same nodes quantised and
+the same calibration ranges (ONNX Runtime's calibration cache, where its
+quantize_static has one, saves calibrating twice). It runs in ONNX Runtime too,
+slowly on x86 (s8s8), which is how its agreement with the U8S8 model is checked.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -44,6 +51,8 @@ _MATRIX_OPS = {"MatMul", "Gemm", "Conv"}
 # Folding limit in elements: the CCL head's reshaped W (N x C*M, e.g. 512 x 1024) is
 # above onnxscript's default of 262,144 and would otherwise stay a runtime Reshape.
 _FOLD_LIMIT = 1 << 28
+# quantize_static's calibration_cache_path (recent ONNX Runtime): reuse one calibration for both INT8 variants
+_HAS_CALIBRATION_CACHE = "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -119,11 +128,24 @@ def head_tail_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantise_int8(src: Path, dst: Path, reader: CalibrationDataReader, method: str = "minmax",
-                  percentile: float = 99.999) -> Path:
-    """Static INT8 QDQ of the FP32 model `src` (folded, checked), calibrated on `reader`; returns `dst`."""
+                  percentile: float = 99.999, symmetric: bool = False,
+                  calibration_cache: Path | None = None) -> Path:
+    """Static INT8 QDQ of the FP32 model `src` (folded, checked), calibrated on `reader`; returns `dst`.
+
+    `symmetric=False`: uint8 activations, for ONNX Runtime on x86 (U8S8).
+    `symmetric=True`: the TensorRT twin, int8 activations with zero points 0
+    and float biases. `calibration_cache`: a JSON file of the calibration's
+    tensor ranges; the first call with it writes it, a later one with the same
+    `src`, `method` and `reader` reads it instead of calibrating again (an ONNX
+    Runtime without the cache calibrates each time, with the same result).
+    """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(CALIBRATION_METHODS)}")
     dst = Path(dst)
+    options: dict = {"CalibPercentile": percentile}
+    if symmetric:
+        options |= {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    cache = {"calibration_cache_path": str(calibration_cache)} if calibration_cache and _HAS_CALIBRATION_CACHE else {}
     with tempfile.TemporaryDirectory() as tmp:
         folded = fold_constants(Path(src), Path(tmp) / "folded.onnx")
         prepared = Path(tmp) / "prepared.onnx"
@@ -133,10 +155,9 @@ def quantise_int8(src: Path, dst: Path, reader: CalibrationDataReader, method: s
         with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print their progress
             quantize_static(
                 str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=keep_fp32,
-                calibrate_method=CALIBRATION_METHODS[method],
-                extra_options={"CalibPercentile": percentile})
+                calibrate_method=CALIBRATION_METHODS[method], extra_options=options, **cache)
     check_onnx(dst)
     return dst
 

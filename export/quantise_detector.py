@@ -42,9 +42,14 @@ def detector_figures(path: Path, tiles: list[Sample], bundle: Bundle, threads: i
 
 
 def quantise_detector(bundle: Bundle, tiles: list[Sample], dst: Path, method: str = "minmax",
-                      calibration_tiles: int = 64) -> Path:
-    """The bundle's detector as INT8 QDQ, calibrated on up to `calibration_tiles` evenly spread tiles."""
+                      calibration_tiles: int = 64, symmetric: bool = False,
+                      calibration_cache: Path | None = None) -> Path:
+    """The bundle's detector as INT8 QDQ, calibrated on up to `calibration_tiles` evenly spread tiles.
+
+    `symmetric` and `calibration_cache` as for export.quantise.quantise_int8 (True: the TensorRT twin).
+    """
     pick = np.linspace(0, len(tiles) - 1, min(calibration_tiles, len(tiles))).round().astype(int)
     reader = ImageCalibrationReader(np.stack([tiles[i][0] for i in pick]), bundle.detector.input_name,
                                     bundle.detector.normalisation, batch=8)
-    return quantise_int8(bundle.model_path(bundle.detector), dst, reader, method)
+    return quantise_int8(bundle.model_path(bundle.detector), dst, reader, method, symmetric=symmetric,
+                         calibration_cache=calibration_cache)

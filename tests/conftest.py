@@ -1,13 +1,13 @@
 import shutil
 
 import pytest
+from tests.bundles import SYNTHETIC_BUNDLE
 
-from edge import DEFAULT_BUNDLE
 
 
 @pytest.fixture
 def bundle_copy(tmp_path):
-    """A private copy of the shipped default bundle, free to damage."""
+    """A private copy of the synthetic test bundle, free to damage."""
     target = tmp_path / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, target)
+    shutil.copytree(SYNTHETIC_BUNDLE, target)
     return target

@@ -4,16 +4,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bench_pipeline import STAGES, StageClock, StagedCounter, tiling_for
 from edge.bundle import BundleError, load_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
+from tests.bundles import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(SYNTHETIC_BUNDLE)
 
 
 @pytest.fixture(scope="module")

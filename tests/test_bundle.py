@@ -1,11 +1,13 @@
 import json
 import tarfile
+from dataclasses import replace
 
 import pytest
 
 from edge import DEFAULT_BUNDLE
-from edge.bundle import BundleError, load_bundle
+from edge.bundle import BundleError, TensorRTVariant, copy_model_files, load_bundle, sha256_file, write_bundle
 from edge.engine import CellCounter
+from tests.bundles import add_tensorrt_variant
 
 
 def _edit_manifest(root, change):
@@ -83,3 +85,58 @@ def test_not_json_and_not_a_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(tmp_path)
+
+
+# ---------------------------------------------------------------- the TensorRT variant of an INT8 model
+
+def test_an_int8_model_carries_its_tensorrt_variant_verified_and_written_back(bundle_copy, tmp_path):
+    name = add_tensorrt_variant(bundle_copy, "classifier")
+    b = load_bundle(bundle_copy)
+    assert b.classifier.tensorrt == TensorRTVariant(name, sha256_file(bundle_copy / name))
+    assert b.classifier.files == ("classifier.onnx", name) and b.detector.files == ("detector.onnx",)
+    assert b.tensorrt_path(b.classifier) == b.root / name and b.tensorrt_path(b.detector) == b.model_path(b.detector)
+    assert b.classifier.to_dict()["tensorrt"] == {"file": name, "sha256": b.classifier.tensorrt.sha256}
+    assert "tensorrt" not in b.detector.to_dict()  # written only when present
+
+    # a writer copies both files and may leave the variant's hash to write_bundle, as the model's
+    out = tmp_path / "copy"
+    out.mkdir()
+    for spec in (b.detector, b.classifier):
+        copy_model_files(b, spec, out)
+    classifier = replace(b.classifier, sha256="0" * 64, tensorrt=TensorRTVariant(name, "0" * 64))
+    write_bundle(out, class_names=list(b.class_names), classifier_head=b.classifier_head, ccl_sigma=b.ccl_sigma,
+                 detector=b.detector, classifier=classifier, thresholds=b.thresholds, tiling=b.tiling,
+                 provenance=b.provenance)
+    assert load_bundle(out).classifier == b.classifier
+
+
+def test_a_changed_or_missing_tensorrt_variant_is_refused(bundle_copy):
+    name = add_tensorrt_variant(bundle_copy, "detector")
+    data = bytearray((bundle_copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle_copy / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"the detector's TensorRT variant {name} fails its SHA-256 check"):
+        load_bundle(bundle_copy)
+    (bundle_copy / name).unlink()
+    with pytest.raises(BundleError, match=f"the detector's TensorRT variant {name} named in the manifest is missing"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t, m: m.update(precision="fp32"), "models.classifier.tensorrt is only for an int8 model; this classifier "
+                                              "is fp32"),
+    (lambda t, m: m.update(precision="fp16"), "only for an int8 model"),
+    (lambda t, m: t.update(sha256="g" * 64), "models.classifier.tensorrt.sha256 must be a 64-character hex digest"),
+    (lambda t, m: t.update(sha256=t["sha256"][:63]), "tensorrt.sha256 must be a 64-character hex digest"),
+    (lambda t, m: t.pop("sha256"), "models.classifier.tensorrt lacks sha256"),
+    (lambda t, m: t.update(engine="x.plan"), "models.classifier.tensorrt has unknown fields: engine"),
+    (lambda t, m: t.update(file="../classifier-tensorrt.onnx"), "tensorrt.file .* points outside the bundle"),
+    (lambda t, m: t.update(file=""), "tensorrt.file must be a file name"),
+    (lambda t, m: t.update(file="./classifier.onnx"), "must be a file of its own, not the model file"),
+    (lambda t, m: m.update(tensorrt="classifier-tensorrt.onnx"), "models.classifier.tensorrt is not an object"),
+])
+def test_bad_tensorrt_variant_fields_are_refused(bundle_copy, change, message):
+    add_tensorrt_variant(bundle_copy, "classifier")
+    _edit_manifest(bundle_copy, lambda m: change(m["models"]["classifier"]["tensorrt"], m["models"]["classifier"]))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)

@@ -10,12 +10,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from calibration.rules import fit_rule
-from edge import DEFAULT_BUNDLE
 from edge.bundle import BundleError, ModelSpec, Thresholds, load_bundle, sha256_file, write_bundle
 from edge.calibrate import classifier_outputs
 from edge.cli import main
 from edge.decision import RejectRule
 from edge.preprocess import Normalisation
+from tests.bundles import SYNTHETIC_BUNDLE
 
 COLOURS = {"neutrophil": (200, 120, 160), "lymphocyte": (90, 60, 140), "monocyte": (170, 170, 200),
            "eosinophil": (100, 150, 230), "basophil": (70, 40, 70)}  # BGR
@@ -70,7 +70,7 @@ def softmax_bundle(tmp_path_factory):
         [helper.make_tensor("W", TensorProto.FLOAT, weight.shape, weight.ravel()),
          helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias)])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "classifier.onnx")
-    source = load_bundle(DEFAULT_BUNDLE)
+    source = load_bundle(SYNTHETIC_BUNDLE)
     shutil.copy(source.model_path(source.detector), root / source.detector.file)
     write_bundle(root, class_names=list(COLOURS), classifier_head="softmax", ccl_sigma=None,
                  detector=source.detector,
@@ -171,7 +171,7 @@ def test_thresholds_fitted_for_another_classifier_are_refused(bundle_copy, crops
     assert main(["calibrate", "--bundle", str(bundle_copy), "--data", str(crops), "--search", "descending",
                  "--target-accuracy", "0.95", "--out", str(out), "--threads", "1"]) == 0
     t = load_bundle(out).thresholds
-    assert t.classifier_sha256 == load_bundle(DEFAULT_BUNDLE).classifier.sha256
+    assert t.classifier_sha256 == load_bundle(SYNTHETIC_BUNDLE).classifier.sha256
     assert (t.method, t.confidence) == ("descending", None)
 
 

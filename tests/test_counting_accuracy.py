@@ -3,17 +3,17 @@ per-class counts, accepted-cell accuracy, and cells on tile borders counted once
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.boxes import box_iou
 from edge.bundle import load_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
 from edge.tiling import make_grid
+from tests.bundles import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")
 def counted():
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
     config = SmearConfig(width=1200, height=900, nucleated_per_mpx=60)
     fields = [render_field(config, seed=7000 + i) for i in range(4)]
     with CellCounter(bundle) as counter:

@@ -2,13 +2,13 @@
 including every cell that straddles a tile border."""
 import numpy as np
 
-from edge import DEFAULT_BUNDLE
 from edge.backends import Runner, TensorSpec
 from edge.bundle import load_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
 from edge.boxes import box_iou
 from edge.tiling import make_grid
+from tests.bundles import SYNTHETIC_BUNDLE
 
 
 class PerfectTileDetector(Runner):
@@ -41,7 +41,7 @@ class PerfectTileDetector(Runner):
 
 
 def test_every_cell_counted_once_across_tile_borders():
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
     t = bundle.tiling
     config = SmearConfig(width=1500, height=1100, nucleated_per_mpx=150, touching_fraction=0.3)
     field = render_field(config, seed=11)

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from edge.preprocess import Normalisation, to_model_input
 from edge.synthetic_datasets import write_crop_folders
 from export.datasets import FolderCrops, Split, stratified_split
-from export.distill_classifier import (DistilConfig, TwoSizeCrops, distil_classifier, distil_on_folder,
-                                       distillation_loss, load_run_classifier)
+from export.classifier_training import predict
+from export.distill_classifier import (DistilConfig, IndexedCrops, TwoSizeCrops, distil_classifier,
+                                       distil_on_folder, distillation_loss, load_run_classifier)
 from export.models.classifier import build_classifier
 from export.models.heads import ccl_loss
 
@@ -134,3 +135,36 @@ def test_refuses_a_split_of_other_classes_and_a_softmax_teacher(teacher_run, tmp
     with pytest.raises(ValueError, match="needs a CCL teacher"):
         distil_on_folder(tmp_path / "t", data, root / "split.json", tmp_path / "s", config, workers=0,
                          arch="crossformer_tiny_test", img_size=32)
+
+
+def test_fixed_teacher_targets_are_the_teachers_d_computed_once_and_reused(teacher_run, caplog):
+    root, data = teacher_run
+    out = root / "student-fixed"
+    config = DistilConfig(epochs=1, batch_size=8, lr=3e-3, soft_weight=0.5, fixed_teacher_targets=True)
+    kwargs = dict(arch="crossformer_tiny_test", img_size=32, workers=0, progress=False)
+    with caplog.at_level(logging.INFO, logger="export.distil"):
+        _, history = distil_on_folder(root / "teacher", data, root / "split.json", out, config, **kwargs)
+    assert "teacher targets for" in caplog.text and len(history) == 1
+    split = Split.from_json(json.loads((root / "split.json").read_text()))
+    teacher, _ = load_run_classifier(root / "teacher")
+    plain = DataLoader(FolderCrops(data, split.items("train"), 48, Normalisation()), batch_size=8)
+    with np.load(out / "teacher_targets.npz") as saved:
+        np.testing.assert_allclose(saved["targets"], predict(teacher, plain, torch.device("cpu"))[0], rtol=1e-5)
+    assert load_run_classifier(out, "last.pt")[1]["teacher"]["targets"] == "fixed"
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="export.distil"):
+        distil_on_folder(root / "teacher", data, root / "split.json", out,
+                         DistilConfig(**{**config.__dict__, "epochs": 2}), **kwargs)
+    assert "teacher targets from" in caplog.text  # the resumed run reads them back
+    with pytest.raises(ValueError, match="checkpoint"):  # online targets cannot resume a fixed-target run
+        distil_on_folder(root / "teacher", data, root / "split.json", out,
+                         DistilConfig(**{**config.__dict__, "epochs": 3, "fixed_teacher_targets": False}), **kwargs)
+
+
+def test_indexed_crops_give_the_plain_crop_with_its_index(tmp_path):
+    write_crop_folders(tmp_path, per_class=2, size=40, seed=1)
+    items = [("neutrophil/synthetic_1_00000.png", 0), ("neutrophil/synthetic_1_00001.png", 0)]
+    x, index, label = IndexedCrops(tmp_path, items, 32, Normalisation())[1]
+    assert (index, label) == (1, 0)
+    np.testing.assert_array_equal(x.numpy(), FolderCrops(tmp_path, items, 32, Normalisation())[1][0].numpy())

@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle, write_bundle
 from edge.drift import DriftBands, DriftHistory, DriftMonitor, fit_drift_bands
 from edge.runloop import run_session
+from edge.sources import DEMO_SPEC
 from firmware_bridge import FirmwareLink, StatusCode
 from firmware_bridge.messages import HostStatus, from_frame, to_frame
 from firmware_bridge.simulator import FirmwareSimulator
+from tests.bundles import SYNTHETIC_BUNDLE
 
 CLASSES = ("a", "b", "c", "d", "e")
 THRESHOLD = 0.7
@@ -112,8 +113,8 @@ def test_status_messages_reach_the_device():
 
 
 def test_a_run_raises_the_alarm_on_the_terminal_in_results_and_on_the_microscope(tmp_path):
-    """The default bundle with a band its own demo fields exceed: a drifted model as the loop sees it."""
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    """The synthetic bundle with a band its own synthetic fields exceed: a drifted model as the loop sees it."""
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
     tight = DriftBands(max_rejection_rate=0.0, min_mean_confidence=None, window_cells=30)
     root = tmp_path / "bundle"
     root.mkdir()
@@ -124,7 +125,7 @@ def test_a_run_raises_the_alarm_on_the_terminal_in_results_and_on_the_microscope
                  thresholds=bundle.thresholds, tiling=bundle.tiling, provenance=bundle.provenance, drift=tight)
     live = io.StringIO()
     with FirmwareSimulator(fields=6, settle_s=0.01) as sim:
-        results = run_session(root, "demo", tmp_path / "s", threads=1, save_fields=False, live=live,
+        results = run_session(root, DEMO_SPEC, tmp_path / "s", threads=1, save_fields=False, live=live,
                               serial=sim.path)
     alarms = results["drift"]["alarms"]
     assert alarms and alarms[0]["statistic"] == "rejection_rate"

@@ -5,13 +5,14 @@ import json
 
 import pytest
 
-from edge import DEFAULT_BUNDLE
+from edge.backends.tensorrt_plan import plan_builds
 from edge.bundle import load_bundle, sha256_file
 from edge.synthetic_datasets import write_crop_folders
 from export.cli import main
 from export.datasets import stratified_split
 from export.gates import Gates, GateError, check_gates, gate_failures
 from tests.test_quantise_detector import write_split_fields
+from tests.bundles import SYNTHETIC_BUNDLE
 
 GOOD = {"accuracy": 0.95, "agreement": 0.97, "accepted_accuracy": 0.991}
 
@@ -35,12 +36,12 @@ def crops(tmp_path_factory):
     data = root / "data"
     write_crop_folders(data, per_class=12, size=64, seed=3)
     split_file = root / "split.json"
-    stratified_split(data, split_file, fractions=(0.2, 0.4, 0.4), class_names=load_bundle(DEFAULT_BUNDLE).class_names)
+    stratified_split(data, split_file, fractions=(0.2, 0.4, 0.4), class_names=load_bundle(SYNTHETIC_BUNDLE).class_names)
     return data, split_file
 
 
 def _args(data, split_file, out, *extra):
-    return ["quantise", "--bundle", str(DEFAULT_BUNDLE), "--teacher-bundle", str(DEFAULT_BUNDLE),
+    return ["quantise", "--bundle", str(SYNTHETIC_BUNDLE), "--teacher-bundle", str(SYNTHETIC_BUNDLE),
             "--data", str(data), "--split-file", str(split_file), "--out", str(out), "--threads", "1",
             "--calibration-methods", "minmax", "--calibration-images", "16", "--target-accuracy", "0.9",
             "--speed-seconds", "0", *extra]
@@ -58,7 +59,7 @@ def test_quantise_writes_an_int8_bundle_with_thresholds_refitted_on_it(crops, tm
     assert bundle.classifier.precision == "int8" and bundle.classifier.file == "classifier-int8.onnx"
     assert bundle.thresholds.classifier_sha256 == sha256_file(out / "classifier-int8.onnx")
     assert bundle.thresholds.target_accuracy == 0.9
-    source = load_bundle(DEFAULT_BUNDLE)
+    source = load_bundle(SYNTHETIC_BUNDLE)
     assert bundle.detector.precision == "int8" and bundle.detector.file == "detector-int8.onnx"
     assert bundle.tiling == source.tiling
     assert bundle.provenance["quantisation"]["kept"] == printed["kept"] == "student INT8 minmax"
@@ -69,6 +70,17 @@ def test_quantise_writes_an_int8_bundle_with_thresholds_refitted_on_it(crops, tm
     assert report["detector"]["int8"]["recall"] >= report["detector"]["fp32"]["recall"] - 0.05
     assert "| student INT8 minmax | 64 |" in (tmp_path / "int8-report.md").read_text()
 
+    # each INT8 model has its TensorRT twin (symmetric int8), sealed by hash, which build-engines builds from
+    assert bundle.classifier.tensorrt.file == "classifier-int8-tensorrt.onnx"
+    assert bundle.detector.tensorrt.file == "detector-int8-tensorrt.onnx"
+    assert [b.onnx for b in plan_builds(bundle)] == [out / "detector-int8-tensorrt.onnx",
+                                                    out / "classifier-int8-tensorrt.onnx"]
+    assert report["tensorrt"]["method"] == "minmax" and report["tensorrt"]["validation_agreement_with_kept"] >= 0.8
+    assert report["detector"]["int8_tensorrt"]["recall"] >= report["detector"]["fp32"]["recall"] - 0.1
+    notes = (tmp_path / "int8-report.md").read_text()
+    assert "- TensorRT variant: classifier-int8-tensorrt.onnx" in notes and "- detector TensorRT variant" in notes
+    assert bundle.provenance["quantisation"]["tensorrt"] == report["tensorrt"]
+
 
 def test_a_failed_gate_is_one_line_and_writes_nothing(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "out" / "int8"
@@ -78,7 +90,7 @@ def test_a_failed_gate_is_one_line_and_writes_nothing(tmp_path, capsys):
     (data / "lymphocyte").rename(data / "neutrophil")
     (data / "swap").rename(data / "lymphocyte")
     split_file = work / "split.json"
-    stratified_split(data, split_file, fractions=(0.2, 0.4, 0.4), class_names=load_bundle(DEFAULT_BUNDLE).class_names)
+    stratified_split(data, split_file, fractions=(0.2, 0.4, 0.4), class_names=load_bundle(SYNTHETIC_BUNDLE).class_names)
     assert main(_args(data, split_file, out, "--min-accuracy", "0.9", "--target-accuracy", "0.5")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("edge export: error: the student INT8 minmax classifier fails")

@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import BundleError, load_bundle
 from edge.cli import main
 from edge.quality import QualityGate, QualityLimits, parse_override
 from edge.runloop import run_session
 from edge.synthetic import SmearConfig, render_field
+from tests.bundles import SYNTHETIC_BUNDLE
 
 GOOD = 60  # fields in the imaging conditions of the demo source
 
@@ -125,7 +125,7 @@ def test_a_run_refuses_bad_fields_reports_why_and_counts_the_good_ones(tmp_path,
     assert "rejected for quality" in printed
 
     # the same fields with the gate off: every decodable field is counted
-    results = run_session(DEFAULT_BUNDLE, str(folder), tmp_path / "s2", threads=1, save_fields=False,
+    results = run_session(SYNTHETIC_BUNDLE, str(folder), tmp_path / "s2", threads=1, save_fields=False,
                           live=io.StringIO(), quality={"enabled": False})
     assert results["frames"] == {"counted": 4, "skipped": 1}
     assert results["fields_rejected_for_quality"]["count"] == 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle
 from edge.preprocess import to_model_input
 from edge.synthetic import render_cell_crops
 from export.onnx_export import check_onnx
-from export.quantise import (ImageCalibrationReader, convert_fp16, fold_constants, foldable_nodes,
+from export.quantise import (QUANTISED_OPS, ImageCalibrationReader, convert_fp16, fold_constants, foldable_nodes,
                              head_tail_nodes, quantise_int8)
 from export.report import scores_of
 
@@ -34,9 +35,25 @@ def fp32(bundle):
 
 
 @pytest.fixture(scope="module")
-def int8_minmax(tmp_path_factory, bundle, fp32, crops):
-    reader = ImageCalibrationReader(crops[0][:32], "image", bundle.classifier.normalisation, batch=8)
-    return quantise_int8(fp32, tmp_path_factory.mktemp("q") / "int8.onnx", reader, "minmax")
+def reader(bundle, crops):
+    return ImageCalibrationReader(crops[0][:32], "image", bundle.classifier.normalisation, batch=8)
+
+
+@pytest.fixture(scope="module")
+def qdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("q")
+
+
+@pytest.fixture(scope="module")
+def int8_minmax(qdir, fp32, reader):
+    return quantise_int8(fp32, qdir / "int8.onnx", reader, "minmax", calibration_cache=qdir / "minmax.json")
+
+
+@pytest.fixture(scope="module")
+def int8_twin(qdir, fp32, reader, int8_minmax):
+    """The TensorRT twin of int8_minmax, from its calibration cache."""
+    return quantise_int8(fp32, qdir / "int8-tensorrt.onnx", reader, "minmax", symmetric=True,
+                         calibration_cache=qdir / "minmax.json")
 
 
 def _producers(model):
@@ -72,6 +89,52 @@ def test_int8_is_qdq_with_the_ccl_tail_in_fp32(int8_minmax, fp32):
     for node in tail_nodes:  # nothing in the tail reads a dequantised tensor: it all runs on FP32 values
         assert all(producers[i].op_type != "DequantizeLinear" for i in node.input if i in producers), node.name
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def _qdq_zero_points(model):
+    """{node name: zero point array} of every QuantizeLinear and DequantizeLinear node."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.name: numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def test_the_onnxruntime_int8_model_has_uint8_activations_and_int8_weights(int8_minmax):
+    model = onnx.load(str(int8_minmax))
+    weights = {t.name for t in model.graph.initializer}
+    zero_points = _qdq_zero_points(model)
+    activations = [n.name for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert activations and all(zero_points[name].dtype == np.uint8 for name in activations)  # U8S8
+    weight_dq = [n.name for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+                 and zero_points[n.name].dtype != np.int32]  # (int32: the quantised biases)
+    assert weight_dq and all(zero_points[name].dtype == np.int8 for name in weight_dq)
+
+
+def test_the_tensorrt_twin_is_symmetric_int8_on_the_same_nodes(int8_twin, int8_minmax):
+    twin, u8 = onnx.load(str(int8_twin)), onnx.load(str(int8_minmax))
+    zero_points = _qdq_zero_points(twin)
+    assert len(zero_points) > 20
+    for name, zp in zero_points.items():  # what TensorRT parses: int8 zero points, all 0, and no int32 biases
+        assert zp.dtype == np.int8 and not zp.any(), name
+
+    def quantised(model):  # the matrix products that read a dequantised input
+        producers = _producers(model)
+        return sorted(n.name for n in model.graph.node if n.op_type in QUANTISED_OPS
+                      and any(producers[i].op_type == "DequantizeLinear" for i in n.input if i in producers))
+    assert quantised(twin) == quantised(u8) and len(quantised(twin)) > 10
+    assert set(head_tail_nodes(twin)) == set(head_tail_nodes(u8))  # the CCL tail stays FP32 in both
+
+
+def test_the_tensorrt_twin_runs_and_agrees_with_the_onnxruntime_model(int8_twin, int8_minmax, fp32, bundle, crops):
+    norm = bundle.classifier.normalisation
+    twin, u8 = scores_of(int8_twin, crops[0], norm), scores_of(int8_minmax, crops[0], norm)
+    assert (twin.argmax(1) == u8.argmax(1)).mean() >= 0.9
+    assert (twin.argmax(1) == scores_of(fp32, crops[0], norm).argmax(1)).mean() >= 0.9
+    assert np.abs(twin - u8).mean() < 0.05 and ((twin > 0) & (twin <= 1)).all()
+
+
+def test_the_calibration_cache_gives_the_twin_that_calibrating_again_gives(tmp_path, int8_twin, fp32, reader):
+    fresh = quantise_int8(fp32, tmp_path / "fresh.onnx", reader, "minmax", symmetric=True)
+    assert onnx.load(str(fresh)).SerializeToString() == onnx.load(str(int8_twin)).SerializeToString()
 
 
 def test_int8_agrees_with_fp32_on_most_cells(int8_minmax, fp32, bundle, crops):

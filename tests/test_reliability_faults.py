@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.runloop import run_session
 from edge.session import Session, SessionError
 from edge.sources import CameraSource, ReconnectPolicy, capture_spec
 from edge.synthetic import render_field
+from tests.bundles import SYNTHETIC_BUNDLE
 
 # Varied imaging conditions, so that some cells go to the review queue.
 SOURCE = "synthetic:frames=8,seed=2026,vary=1"
@@ -36,7 +36,7 @@ EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(m
 
 def quiet_run(out, source=SOURCE, **kwargs):
     with open(os.devnull, "w") as sink:
-        return run_session(DEFAULT_BUNDLE, source, out, threads=1, live=sink, save_fields=False, **kwargs)
+        return run_session(SYNTHETIC_BUNDLE, source, out, threads=1, live=sink, save_fields=False, **kwargs)
 
 
 def session_state(out: Path) -> dict:

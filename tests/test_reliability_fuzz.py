@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import BundleError, load_bundle
 from edge.review import ReviewError
 from edge.review.label_import import import_labels
 from firmware_bridge.framing import FrameDecoder
 from firmware_bridge.messages import ProtocolError, from_frame
+from tests.bundles import SYNTHETIC_BUNDLE
 
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
@@ -109,7 +109,7 @@ def flip_bytes(raw: bytes, draw) -> bytes:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz") / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, root)
+    shutil.copytree(SYNTHETIC_BUNDLE, root)
     return root
 
 

@@ -18,7 +18,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import BundleError, load_bundle, sha256_file
 from edge.engine import CellCounter
 from edge.frames import Frame
@@ -26,6 +25,7 @@ from edge.runloop import run_session
 from edge.sources import CaptureSpec, FrameSource, VideoFileSource
 from edge.synthetic import render_field
 from edge.tiling import make_grid
+from tests.bundles import SYNTHETIC_BUNDLE
 
 # ---------------------------------------------------------------- tiny real models
 
@@ -92,7 +92,7 @@ def tiny_classifier(path, classes=5, inf_when_dark=False, size=64):
 
 def tiny_bundle(root, *, detector_nan=False, classifier_inf=False, tile=256):
     """The default bundle's manifest with the tiny models in place of its own, resealed."""
-    shutil.copytree(DEFAULT_BUNDLE, root)
+    shutil.copytree(SYNTHETIC_BUNDLE, root)
     tiny_detector(root / "detector.onnx", nan_when_dark=detector_nan, tile=tile)
     tiny_classifier(root / "classifier.onnx", inf_when_dark=classifier_inf)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -119,7 +119,7 @@ class ListSource(FrameSource):
         return Frame(i, self.images[i], 0.0, f"frame {i}")
 
 
-def run(out, source, bundle=DEFAULT_BUNDLE, **kwargs):
+def run(out, source, bundle=SYNTHETIC_BUNDLE, **kwargs):
     with open(os.devnull, "w") as sink:
         return run_session(bundle, source, out, threads=1, live=sink, save_fields=False,
                            field_trigger="every", **kwargs)
@@ -211,7 +211,7 @@ def test_odd_frames_from_a_capture_are_skipped_or_normalised_and_sizes_may_chang
     for origin, *cell in cells(tmp_path / "s"):
         per_frame.setdefault(int(origin.rsplit(" ", 1)[-1]), []).append(cell)
     assert per_frame[0] == per_frame[3] == per_frame[5] == per_frame[10]
-    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+    with CellCounter(load_bundle(SYNTHETIC_BUNDLE), threads=1) as counter:
         for frame_id, image in ((8, large), (9, small)):
             assert len(per_frame.get(frame_id, [])) == len(counter.count_field(image))
 

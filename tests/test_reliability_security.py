@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import BundleError, load_bundle
 from edge.runloop import run_session
+from tests.bundles import SYNTHETIC_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edge", "export", "calibration", "firmware_bridge", "benchmarks", "scripts")
@@ -147,7 +147,7 @@ def test_a_session_writes_its_records_by_fsync_and_rename(tmp_path, monkeypatch)
     out = tmp_path / "s"
     spy = WriteSpy(monkeypatch, out)
     with open(os.devnull, "w") as sink:
-        run_session(DEFAULT_BUNDLE, "synthetic:frames=2,seed=2026,vary=1", out, threads=1, live=sink)
+        run_session(SYNTHETIC_BUNDLE, "synthetic:frames=2,seed=2026,vary=1", out, threads=1, live=sink)
     unsynced = [name for name, synced in spy.replaced if not synced and name != "results.json"]
     assert not unsynced, f"renamed into place without an fsync: {unsynced}"
     assert [synced for name, synced in spy.replaced if name == "results.json"][-1], "the final results"
@@ -163,7 +163,7 @@ def test_a_session_writes_its_records_by_fsync_and_rename(tmp_path, monkeypatch)
 def test_a_bundle_that_fails_while_being_made_leaves_the_old_one_in_place(tmp_path):
     from export.deployed import staged_bundle
     out = tmp_path / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, out)
+    shutil.copytree(SYNTHETIC_BUNDLE, out)
     before = load_bundle(out).manifest_sha256
     with pytest.raises(BundleError, match="not valid JSON"):
         with staged_bundle(out) as staging:

@@ -11,16 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.cli import main
 from edge.review_queue import CONTEXT_LONG_SIDE, SCHEMA_VERSION, QueueVersionError, ReviewQueue
+from tests.bundles import SYNTHETIC_BUNDLE
 
 
 def make_session(root, frames=2, threshold=0.97, seed=5):
     """An `edge run` session on synthetic fields; a high threshold sends many cells to review."""
     bundle = root / "bundle"
     if not bundle.exists():
-        shutil.copytree(DEFAULT_BUNDLE, bundle)
+        shutil.copytree(SYNTHETIC_BUNDLE, bundle)
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["thresholds"]["global"] = threshold
         (bundle / "manifest.json").write_text(json.dumps(manifest))

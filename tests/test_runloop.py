@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle
 from edge.engine import CellCounter
 from edge.frames import Frame
@@ -18,6 +17,7 @@ from edge.runloop import run_session
 from edge.session import Session, SessionError
 from edge.sources import FrameSource, open_source
 from edge.synthetic import render_field
+from tests.bundles import SYNTHETIC_BUNDLE
 
 SOURCE = "synthetic:frames=6,seed=31"
 
@@ -31,7 +31,7 @@ def cells_of(out):
 
 def quiet_run(out, **kwargs):
     with open(os.devnull, "w") as sink:
-        return run_session(DEFAULT_BUNDLE, kwargs.pop("source", SOURCE), out, threads=1, live=sink, **kwargs)
+        return run_session(SYNTHETIC_BUNDLE, kwargs.pop("source", SOURCE), out, threads=1, live=sink, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_target_count_stops_after_the_field_that_reaches_it(reference, tmp_path)
 
 
 def test_second_process_on_a_session_is_refused(reference, tmp_path):
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
     first = Session(tmp_path / "s", bundle, "x")
     try:
         with pytest.raises(SessionError, match="another edge process"):
@@ -83,7 +83,7 @@ def test_resume_with_another_bundle_is_refused(tmp_path, bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["provenance"]["note"] = "another bundle"
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
-    Session(tmp_path / "s", load_bundle(DEFAULT_BUNDLE), "x").close()
+    Session(tmp_path / "s", load_bundle(SYNTHETIC_BUNDLE), "x").close()
     with pytest.raises(SessionError, match="same bundle"):
         Session.resume(tmp_path / "s", load_bundle(bundle_copy))
 
@@ -155,7 +155,7 @@ class FastLiveSource(FrameSource):
 
 
 def test_a_live_source_drops_the_oldest_waiting_fields_and_counts_the_drops():
-    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+    with CellCounter(load_bundle(SYNTHETIC_BUNDLE), threads=1) as counter:
         pipeline = Pipeline(counter, FastLiveSource(40), live=True)
         ids = [job.frame_id for job in pipeline]
     c = pipeline.counters
@@ -164,7 +164,7 @@ def test_a_live_source_drops_the_oldest_waiting_fields_and_counts_the_drops():
 
 
 def test_a_file_source_is_never_dropped_and_fields_batch_when_behind():
-    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+    with CellCounter(load_bundle(SYNTHETIC_BUNDLE), threads=1) as counter:
         pipeline = Pipeline(counter, open_source("synthetic:frames=8,seed=2"))
         ids = [job.frame_id for job in pipeline]
     assert ids == list(range(8)) and pipeline.counters.dropped == 0
@@ -176,7 +176,7 @@ def test_a_failing_stage_stops_the_loop_with_its_error():
         def run_detector(self, tiles, batch=None):
             raise RuntimeError("detector exploded")
 
-    with Broken(load_bundle(DEFAULT_BUNDLE), threads=1) as counter:
+    with Broken(load_bundle(SYNTHETIC_BUNDLE), threads=1) as counter:
         with pytest.raises(RuntimeError, match="exploded"):
             list(Pipeline(counter, open_source("synthetic:frames=5,seed=2")))
 

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle
 from edge.cli import main
 from edge.decision import RejectRule
@@ -18,6 +17,7 @@ from edge.review.label_import import import_labels
 from edge.review.page import LABELS_FORMAT, LABELS_VERSION
 from edge.runloop import run_session
 from edge.synthetic import SmearConfig, render_cell_crops, render_field
+from tests.bundles import SYNTHETIC_BUNDLE
 
 TARGET = 0.98
 FIELDS = 16
@@ -62,7 +62,7 @@ def labelled_session(tmp_path_factory):
         cv2.imwrite(str(root / "fields" / f"{i:03d}.png"), pale(render_field(SITE, seed=i).image))
     session = root / "session"
     # dense fields, for many cells per field; the gate would refuse this site's stain (tests/test_quality_gate.py)
-    run_session(DEFAULT_BUNDLE, str(root / "fields"), session, threads=1, save_fields=False,
+    run_session(SYNTHETIC_BUNDLE, str(root / "fields"), session, threads=1, save_fields=False,
                 live=io.StringIO(), quality={"enabled": False})
     archive = export_archive([session], root / "review.zip", ("accepted-sample",), sample_size=100000)
     labels = {"format": LABELS_FORMAT, "version": LABELS_VERSION, "archive_id": archive["archive_id"],
@@ -77,7 +77,7 @@ def test_recalibration_on_expert_labels_brings_accepted_accuracy_back_to_target(
     root, session = labelled_session
     labels = np.repeat(np.arange(5), 80)
     fresh = pale(render_cell_crops(labels, 64, seed=99))
-    before = accepted_accuracy(DEFAULT_BUNDLE, fresh, labels)
+    before = accepted_accuracy(SYNTHETIC_BUNDLE, fresh, labels)
     assert before < TARGET  # the premise: the shipped thresholds do not hold on this site's stain
 
     out = tmp_path / "site-bundle"
@@ -99,7 +99,7 @@ def test_recalibration_on_expert_labels_brings_accepted_accuracy_back_to_target(
 
 def test_from_review_without_labels_is_one_clear_error(tmp_path, capsys):
     session = tmp_path / "s"
-    run_session(DEFAULT_BUNDLE, "synthetic:frames=1,seed=3", session, threads=1, save_fields=False,
+    run_session(SYNTHETIC_BUNDLE, "synthetic:frames=1,seed=3", session, threads=1, save_fields=False,
                 live=io.StringIO())
     code = main(["calibrate", "--from-review", str(session), "--target-accuracy", "0.9",
                  "--out", str(tmp_path / "b")])

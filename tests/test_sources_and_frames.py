@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from edge.frames import FrameError, as_bgr8
-from edge.sources import CameraSource, ReadTimeout, ReconnectPolicy, SourceError, capture_spec, open_source
+from edge.sources import (DEMO_FIELDS, CameraSource, ChainedSource, FolderSource, ReadTimeout, ReconnectPolicy,
+                          SourceError, capture_spec, open_source)
 
 
 def test_synthetic_source_is_seeded_and_finite():
@@ -209,3 +210,25 @@ def test_file_sources_count_frames_and_bad_frames(tmp_path):
     assert source.read() is None and not source.live
     assert {k: source.stats()[k] for k in ("frames", "read_errors", "reconnects")} == \
         {"frames": 1, "read_errors": 1, "reconnects": 0}
+
+
+def test_demo_plays_the_real_fields_then_the_synthetic_ones():
+    source = open_source("demo")
+    frames = list(source)
+    real = sorted(p.name for p in DEMO_FIELDS.glob("*.jpg"))
+    assert len(real) == 6 and [f.origin for f in frames[:6]] == real
+    assert all(f.image.shape == (480, 640, 3) for f in frames[:6])  # BCCD fields as they are
+    assert all(f.origin.startswith("synthetic seed") for f in frames[6:]) and len(frames) == 6 + 12
+    assert [f.frame_id for f in frames] == list(range(18))
+    assert source.stats()["frames"] == 18 and "then synthetic" in source.description
+    source.close()
+
+
+def test_chained_source_counts_a_bad_frame_and_goes_on(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((32, 32, 3), np.uint8))
+    source = ChainedSource([FolderSource(tmp_path), open_source("synthetic:frames=1")])
+    with pytest.raises(FrameError, match="a.png"):
+        source.read()
+    ids = [f.frame_id for f in source]
+    assert ids == [1, 2] and source.stats()["read_errors"] == 1

@@ -36,6 +36,7 @@ from edge.engine import CLASSIFIER_BATCH
 from edge.preprocess import to_model_input
 from edge.synthetic import SmearConfig, render_cell_crops, render_field
 from edge.tiling import cut_tiles, make_grid
+from tests.bundles import add_tensorrt_variant
 
 GPU = GpuIdentity("Orin (nvgpu)", (8, 7))
 KEY = EngineKey("Orin (nvgpu)", (8, 7), "10.3.0", "a" * 64, "fp16", "image",
@@ -178,13 +179,36 @@ def test_plan_profiles_follow_frame_size_and_max_batch(bundle):
     assert classifier.profile == BatchProfile(1, CLASSIFIER_BATCH, 256)
 
 
-def test_an_int8_qdq_bundle_plans_int8_with_fp16_fallback(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: [m["models"][r].update(precision="int8") for r in m["models"]])
+def test_an_int8_qdq_bundle_plans_int8_with_fp16_fallback_from_its_tensorrt_variants(bundle_copy):
+    names = [add_tensorrt_variant(bundle_copy, role) for role in ("detector", "classifier")]
     b = load_bundle(bundle_copy)
-    assert [x.flags for x in plan_builds(b)] == [("INT8", "FP16")] * 2
+    builds = plan_builds(b)
+    assert [x.flags for x in builds] == [("INT8", "FP16")] * 2
+    # built from the symmetric twin, and keyed by its hash, never from the uint8-activation file
+    assert [x.onnx for x in builds] == [b.root / n for n in names]
+    assert [x.model_sha256 for x in builds] == [b.detector.tensorrt.sha256, b.classifier.tensorrt.sha256]
     assert [x.precision for x in plan_builds(b, "int8")] == ["int8", "int8"]
     with pytest.raises(BuildPlanError, match="INT8 QDQ model; build it with int8"):
         plan_builds(b, "fp16")
+
+
+def test_a_changed_tensorrt_variant_changes_the_engine_key(bundle_copy):
+    add_tensorrt_variant(bundle_copy, "classifier")
+    before = plan_builds(load_bundle(bundle_copy))[1]
+    add_tensorrt_variant(bundle_copy, "classifier", source=bundle_copy / "detector.onnx")  # another twin, same model
+    after = plan_builds(load_bundle(bundle_copy))[1]
+    assert after.model_sha256 != before.model_sha256
+    assert EngineKey.for_build(after, GPU, "10.3.0").digest != EngineKey.for_build(before, GPU, "10.3.0").digest
+
+
+def test_an_int8_model_without_a_tensorrt_variant_cannot_be_planned(bundle_copy, monkeypatch, capsys):
+    _edit_manifest(bundle_copy, lambda m: m["models"]["classifier"].update(precision="int8"))  # an older bundle
+    with pytest.raises(BuildPlanError, match=r"the bundle's classifier \(classifier.onnx\) is INT8 with uint8 "
+                                             r"activations.*no TensorRT variant.*re-run `edge export quantise`"):
+        plan_builds(load_bundle(bundle_copy))
+    _without(monkeypatch, "tensorrt")
+    assert main(["build-engines", "--bundle", str(bundle_copy), "--dry-run"]) == 2
+    assert "re-run `edge export quantise`" in capsys.readouterr().err
 
 
 def test_a_static_batch_model_gets_its_own_batch(bundle_copy):

@@ -22,23 +22,26 @@ from __future__ import annotations
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
-from edge import DEFAULT_BUNDLE
+from tests.bundles import SYNTHETIC_BUNDLE, add_tensorrt_variant
 from edge.backends import BackendError, open_runner
 from edge.backends.onnxruntime import OrtRunner
 from edge.backends.tensorrt_build import WORKSPACE_BYTES, build_engines
 from edge.backends.tensorrt_cache import CACHE_ENV, EngineCache
 from edge.backends.tensorrt_plan import plan_builds
-from edge.bundle import load_bundle
+from edge.bundle import load_bundle, sha256_file
 from edge.cli import main
 from edge.engine import CellCounter
 from edge.preprocess import to_model_input
 from edge.synthetic import SmearConfig, render_cell_crops, render_field
+from export.quantise import ImageCalibrationReader, quantise_int8
 
 TRT_VERSION = "10.3.0"
 
@@ -215,13 +218,14 @@ class FakeTensorRT:
 
         class OnnxParser:
             def __init__(self, network, logger):
-                self.network, self.num_errors = network, 0
+                self.network, self.num_errors, self.error = network, 0, None
 
             def get_error(self, i):
-                return fake.parse_error
+                return self.error
 
             def parse_from_file(self, path):
-                if fake.parse_error:
+                self.error = fake.parse_error or _uint8_qdq_error(path)  # TensorRT parses int8 Q/DQ only
+                if self.error:
                     self.num_errors = 1
                     return False
                 data = Path(path).read_bytes()
@@ -375,6 +379,16 @@ class FakeTensorRT:
         return trt
 
 
+def _uint8_qdq_error(path) -> str | None:
+    """TensorRT's refusal of a Q/DQ node with a uint8 zero point, or None."""
+    model = onnx.load(str(path))
+    uint8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in uint8:
+            return f"{node.name}: only int8 quantization is supported (uint8 zero point)"
+    return None
+
+
 def _session(path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -399,7 +413,7 @@ def fake(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(SYNTHETIC_BUNDLE)
 
 
 def _classifier_feed(bundle, n, seed=0):
@@ -449,23 +463,52 @@ def test_an_unreadable_timing_cache_is_replaced(fake, bundle):
 
 
 def test_int8_from_a_graph_without_qdq_nodes_is_refused(fake, bundle_copy):
-    manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["models"]["classifier"]["precision"] = "int8"  # says INT8, but the file is the FP32 graph
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    add_tensorrt_variant(bundle_copy, "classifier")  # says INT8, but the variant is a copy of the FP32 graph
     builds = plan_builds(load_bundle(bundle_copy))
-    with pytest.raises(BackendError, match="classifier.onnx has no QuantizeLinear nodes"):
+    with pytest.raises(BackendError, match="classifier-tensorrt.onnx has no QuantizeLinear nodes"):
         build_engines(builds, fake.cache)
 
 
 @pytest.mark.parametrize("precision,hint", [("fp16", False), ("int8", True)])
 def test_parser_errors_are_reported_with_the_int8_hint(fake, bundle_copy, precision, hint):
-    manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["models"]["detector"]["precision"] = "int8" if precision == "int8" else "fp32"
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    if precision == "int8":
+        add_tensorrt_variant(bundle_copy, "detector")
     fake.parse_error = "QuantizeLinear: UINT8 is not supported"
-    with pytest.raises(BackendError, match="TensorRT cannot parse detector.onnx: QuantizeLinear: UINT8") as err:
+    name = "detector-tensorrt.onnx" if precision == "int8" else "detector.onnx"
+    with pytest.raises(BackendError, match=f"TensorRT cannot parse {name}: QuantizeLinear: UINT8") as err:
         build_engines(plan_builds(load_bundle(bundle_copy))[:1], fake.cache)
     assert ("zero points 0" in str(err.value)) == hint
+
+
+def test_an_int8_bundle_builds_runs_and_counts_from_its_tensorrt_variant(fake, bundle_copy):
+    """The engine is built from the symmetric twin and found by its hash; the uint8 file is never parsed."""
+    source = load_bundle(bundle_copy)
+    crops = render_cell_crops(np.arange(32) % len(source.class_names), 64, seed=3)
+    reader = ImageCalibrationReader(crops, "image", source.classifier.normalisation, batch=8)
+    fp32, cache = source.model_path(source.classifier), bundle_copy.parent / "calibration.json"
+    u8 = quantise_int8(fp32, bundle_copy / "classifier-int8.onnx", reader, calibration_cache=cache)
+    twin = quantise_int8(fp32, bundle_copy.parent / "twin.onnx", reader, symmetric=True, calibration_cache=cache)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["models"]["classifier"].update(file=u8.name, sha256=sha256_file(u8))
+    manifest["thresholds"]["classifier_sha256"] = sha256_file(u8)
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    add_tensorrt_variant(bundle_copy, "classifier", source=twin)
+    bundle = load_bundle(bundle_copy)
+
+    outcomes = build_engines(plan_builds(bundle), fake.cache)
+    assert [o.build.precision for o in outcomes] == ["fp16", "int8"]
+    assert fake.builds[1]["onnx"] == str(bundle.root / "classifier-int8-tensorrt.onnx")
+    assert fake.builds[1]["flags"] == ["INT8", "FP16"]
+    image = render_field(SmearConfig(), seed=11).image
+    with CellCounter(bundle, backend="tensorrt") as trt_counter:
+        got = trt_counter.count_field(image)
+        crops = to_model_input(trt_counter.crop(image, got.boxes), None, bundle.classifier.normalisation)
+    assert len(got) > 0
+    twin_scores = OrtRunner(bundle.tensorrt_path(bundle.classifier), threads=1).infer({"image": crops})["scores"]
+    np.testing.assert_allclose(got.class_scores, twin_scores, atol=1e-6)  # the twin's engine ran
+    with pytest.raises(BackendError, match="TensorRT cannot parse classifier-int8.onnx: .*uint8 zero point"):
+        build_engines([replace(plan_builds(bundle)[1], onnx=bundle.model_path(bundle.classifier),
+                               model_sha256=bundle.classifier.sha256)], fake.cache)  # what the twin avoids
 
 
 def test_cli_builds_then_reuses(fake, capsys):

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import DEFAULT_BUNDLE
 from edge.backends import Runner, TensorSpec
 from edge.bundle import load_bundle
 from edge.engine import CellCounter
 from edge.tiling import TileGrid, _close_pairs, make_grid, stitch
+from tests.bundles import SYNTHETIC_BUNDLE
 
 CORNER_DISTANCE = 8.0  # stitch's default; layouts draw overlaps of at least this (> 2 * edge tolerance 2)
 FAST = settings(max_examples=150, deadline=None)
@@ -243,7 +243,7 @@ def _rectangle_frame(width: int, height: int, seed: int) -> tuple[np.ndarray, np
 
 @pytest.fixture(scope="module")
 def counter():
-    with CellCounter(load_bundle(DEFAULT_BUNDLE), threads=1) as c:
+    with CellCounter(load_bundle(SYNTHETIC_BUNDLE), threads=1) as c:
         yield c
 
 

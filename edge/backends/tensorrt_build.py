@@ -66,8 +66,9 @@ def _build_serialized(trt, logger, build: EngineBuild, timing_path: Path) -> byt
     if not parser.parse_from_file(str(build.onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no reason given"
         if build.precision == "int8":
-            errors += ("; TensorRT takes only symmetric int8 Q/DQ (zero points 0): a QDQ graph with uint8 "
-                       "activations, as made for ONNX Runtime on x86, does not parse")
+            errors += ("; TensorRT takes only symmetric int8 Q/DQ (int8 zero points 0, float biases), the form of "
+                       "the TensorRT variant that `edge export quantise` writes; a QDQ graph with uint8 "
+                       "activations, made for ONNX Runtime on x86, does not parse")
         raise BackendError(f"TensorRT cannot parse {build.onnx.name}: {errors}")
     _check_network(trt, network, build)
 

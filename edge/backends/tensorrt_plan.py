@@ -4,7 +4,11 @@ Pure bookkeeping from the manifest and the loop's configuration; needs no GPU.
 
 Precision: an INT8 model in the bundle is a QDQ graph (explicit quantisation),
 which TensorRT builds with its INT8 flag and no calibrator; FP16 is allowed too
-for the layers outside Q/DQ pairs. An FP32 model is built in FP16.
+for the layers outside Q/DQ pairs. The INT8 model file itself has uint8
+activations (for ONNX Runtime on x86), which TensorRT does not parse: the build
+takes the model's TensorRT variant (symmetric int8, zero points 0) that the
+export writes beside it, and the engine's key carries that file's SHA-256. An
+FP32 model is built in FP16.
 
 Batch profiles: every engine accepts batches from 1 to `max`, tuned for `opt`.
 The detector's `opt` is the number of tiles in one frame of the configured
@@ -86,11 +90,19 @@ def plan_builds(bundle: Bundle, precision: str | None = None, max_batch: int | N
     loop_batch = {"detector": tiles_per_frame(bundle, width, height), "classifier": CLASSIFIER_BATCH}
     builds = []
     for role, spec in (("detector", bundle.detector), ("classifier", bundle.classifier)):
+        chosen = _precision(role, spec, precision)
+        onnx, sha = bundle.model_path(spec), spec.sha256
+        if chosen == "int8":
+            if spec.tensorrt is None:
+                raise BuildPlanError(
+                    f"the bundle's {role} ({spec.file}) is INT8 with uint8 activations, which TensorRT does not "
+                    "parse, and the bundle has no TensorRT variant of it (symmetric int8); re-run "
+                    "`edge export quantise` to write a bundle with the TensorRT variant")
+            onnx, sha = bundle.tensorrt_path(spec), spec.tensorrt.sha256
         builds.append(EngineBuild(
-            role=role, onnx=bundle.model_path(spec), model_sha256=spec.sha256,
+            role=role, onnx=onnx, model_sha256=sha,
             input_name=spec.input_name, input_chw=tuple(spec.input_shape[1:]),
-            precision=_precision(role, spec, precision),
-            profile=_profile(spec, loop_batch[role], max_batch)))
+            precision=chosen, profile=_profile(spec, loop_batch[role], max_batch)))
     return builds
 
 

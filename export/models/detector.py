@@ -67,6 +67,10 @@ DETECTOR_CONFIGS: dict[str, DetectorConfig] = {
     "detector_tiny_test": DetectorConfig(
         name="detector_tiny_test", stem=16, widths=(24, 48, 64, 96), depths=(1, 2, 2, 1),
         fpn_channels=48, head_channels=32),
+    # Distillation student of detector_small for the default bundle: ~84 k parameters.
+    "detector_student": DetectorConfig(
+        name="detector_student", stem=16, widths=(32, 64, 96, 128), depths=(1, 2, 2, 1),
+        fpn_channels=64, head_channels=32),
     # Real training: ~0.46 M parameters.
     "detector_small": DetectorConfig(
         name="detector_small", stem=32, widths=(48, 96, 192, 320), depths=(2, 3, 4, 2),
