@@ -19,7 +19,11 @@ from torch import nn
 
 from export.models.crossformer import frozen_position_biases
 
-OPSET = 18
+# 20: GELU is one Gelu node (opset 20) instead of five elementwise ones, which
+# ONNX Runtime runs faster on this CPU (about 16 % on the FP32 student, 34 % on
+# its INT8 copy). The TensorRT twin of an INT8 model is written at opset 18
+# with the Gelu expanded again (export.quantise.for_tensorrt).
+OPSET = 20
 
 
 def export_onnx(model: nn.Module, img_size: int, path: str | Path, input_name: str = "image",

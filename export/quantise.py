@@ -28,6 +28,7 @@ slowly on x86 (s8s8), which is how its agreement with the U8S8 model is checked.
 from __future__ import annotations
 
 import contextlib
+import math
 import inspect
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def quantise_int8(src: Path, dst: Path, reader: CalibrationDataReader, method: s
 
     `symmetric=False`: uint8 activations, for ONNX Runtime on x86 (U8S8).
     `symmetric=True`: the TensorRT twin, int8 activations with zero points 0
-    and float biases. `calibration_cache`: a JSON file of the calibration's
+    and float biases, at opset 18 with GELU expanded (for_tensorrt). `calibration_cache`: a JSON file of the calibration's
     tensor ranges; the first call with it writes it, a later one with the same
     `src`, `method` and `reader` reads it instead of calibrating again (an ONNX
     Runtime without the cache calibrates each time, with the same result).
@@ -158,8 +159,47 @@ def quantise_int8(src: Path, dst: Path, reader: CalibrationDataReader, method: s
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=keep_fp32,
                 calibrate_method=CALIBRATION_METHODS[method], extra_options=options, **cache)
+    if symmetric:
+        onnx.save(for_tensorrt(onnx.load(str(dst))), str(dst))
     check_onnx(dst)
     return dst
+
+
+TENSORRT_OPSET = 18  # what TensorRT's ONNX parsers have read the longest
+
+
+def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` at opset TENSORRT_OPSET, in place: each Gelu (opset 20) expanded to its definition.
+
+    0.5 x (1 + erf(x / sqrt 2)) in five nodes, as torch wrote it before opset
+    20; TensorRT fuses the pattern back into one GELU layer.
+    """
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        if any(a.name == "approximate" and a.s not in (b"", b"none") for a in node.attribute):
+            raise ValueError(f"Gelu {node.name} uses the tanh approximation, which has no expansion here")
+        (x,), (y,) = node.input, node.output
+        name = node.name or y
+        consts = {"sqrt2": math.sqrt(2.0), "one": 1.0, "half": 0.5}
+        for key, value in consts.items():
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), f"{name}/{key}"))
+        steps = [("Div", [x, f"{name}/sqrt2"]), ("Erf", None), ("Add", [None, f"{name}/one"]),
+                 ("Mul", [x, None]), ("Mul", [None, f"{name}/half"])]
+        previous = None
+        for i, (op, inputs) in enumerate(steps):
+            inputs = [previous] if inputs is None else [previous if v is None else v for v in inputs]
+            output = y if i == len(steps) - 1 else f"{name}/gelu_{i}"
+            nodes.append(onnx.helper.make_node(op, inputs, [output], name=f"{name}/gelu_{op.lower()}_{i}"))
+            previous = output
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = min(opset.version, TENSORRT_OPSET)
+    return model
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:

@@ -1,4 +1,4 @@
-"""INT8 QDQ and FP16 conversion of a trained CCL classifier (the shipped bundle's), run in ONNX Runtime."""
+"""INT8 QDQ and FP16 conversion of a trained CCL classifier (the synthetic bundle's), run in ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle
 from edge.preprocess import to_model_input
 from edge.synthetic import render_cell_crops
@@ -14,13 +13,14 @@ from export.onnx_export import check_onnx
 from export.quantise import (QUANTISED_OPS, ImageCalibrationReader, convert_fp16, fold_constants, foldable_nodes,
                              head_tail_nodes, quantise_int8)
 from export.report import scores_of
+from tests.bundles import SYNTHETIC_BUNDLE
 
 CCL_TAIL_OPS = {"Sub", "Pow", "ReduceMean", "Mul", "Exp"}
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(SYNTHETIC_BUNDLE)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,33 @@ def test_calibration_reader_feeds_device_preprocessing(bundle, crops):
         ImageCalibrationReader(crops[0][:0], "x", norm)
     with pytest.raises(ValueError, match="unknown calibration method"):
         quantise_int8(bundle.model_path(bundle.classifier), "/nonexistent/q.onnx", reader, "kl")
+
+
+def test_for_tensorrt_expands_gelu_at_opset_18_with_the_same_outputs(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from export.models.classifier import build_classifier
+    from export.onnx_export import export_onnx
+    from export.quantise import TENSORRT_OPSET, for_tensorrt
+    torch.manual_seed(0)
+    path = export_onnx(build_classifier("crossformer_tiny_test", 32, 3).eval(), 32, tmp_path / "m.onnx")
+    exported = onnx.load(str(path))
+    gelus = sum(n.op_type == "Gelu" for n in exported.graph.node)
+    assert gelus == 4  # one per block of the tiny model: GELU exported as one node at opset 20
+    onnx.save(for_tensorrt(exported), str(tmp_path / "t.onnx"))
+    check_onnx(tmp_path / "t.onnx")
+    expanded = onnx.load(str(tmp_path / "t.onnx"))
+    assert not any(n.op_type == "Gelu" for n in expanded.graph.node)
+    assert sum(n.op_type == "Erf" for n in expanded.graph.node) == gelus
+    assert next(o.version for o in expanded.opset_import if o.domain in ("", "ai.onnx")) == TENSORRT_OPSET
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+           for p in (path, tmp_path / "t.onnx")]
+    np.testing.assert_allclose(run[1], run[0], atol=1e-6)
+
+
+def test_the_tensorrt_twin_has_no_op_newer_than_opset_18(int8_twin):
+    twin = onnx.load(str(int8_twin))
+    assert next(o.version for o in twin.opset_import if o.domain in ("", "ai.onnx")) == 18
+    assert not any(n.op_type == "Gelu" for n in twin.graph.node)

@@ -5,12 +5,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.bundle import load_bundle
 from edge.synthetic_datasets import write_voc_fields
 from export.gates import Gates, GateError, check_detector_gate
 from export.quantise import head_tail_nodes
 from export.quantise_detector import bundle_tiles, detector_figures, quantise_detector
+from tests.bundles import SYNTHETIC_BUNDLE
 
 
 def write_split_fields(root, seed=11):
@@ -24,7 +24,7 @@ def write_split_fields(root, seed=11):
 
 
 def test_int8_detector_keeps_the_decoding_in_fp32_and_its_recall(tmp_path):
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
     fields = write_split_fields(tmp_path / "fields")
     train, val = (bundle_tiles(bundle, fields, "voc", ("cell",), s) for s in ("train", "val"))
     assert len(train) == len(val) == 2 * 4 and train[0][0].shape == (256, 256, 3)  # 2 fields of 2 x 2 tiles

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import DEFAULT_BUNDLE
 from edge.backends import BACKENDS, BackendError, open_runner
 from edge.backends.onnxruntime import OrtRunner
 from edge.backends.tensorrt_cache import CACHE_ENV, EngineCache, EngineKey, default_cache_dir
@@ -37,6 +36,7 @@ from edge.preprocess import to_model_input
 from edge.synthetic import SmearConfig, render_cell_crops, render_field
 from edge.tiling import cut_tiles, make_grid
 from tests.bundles import add_tensorrt_variant
+from tests.bundles import SYNTHETIC_BUNDLE
 
 GPU = GpuIdentity("Orin (nvgpu)", (8, 7))
 KEY = EngineKey("Orin (nvgpu)", (8, 7), "10.3.0", "a" * 64, "fp16", "image",
@@ -45,7 +45,7 @@ KEY = EngineKey("Orin (nvgpu)", (8, 7), "10.3.0", "a" * 64, "fp16", "image",
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(DEFAULT_BUNDLE)
+    return load_bundle(SYNTHETIC_BUNDLE)
 
 
 def _edit_manifest(root: Path, edit) -> None:
@@ -282,7 +282,7 @@ def test_dry_run_prints_the_plan_without_tensorrt(monkeypatch, capsys):
 def test_open_runner_tensorrt_without_tensorrt_names_it(monkeypatch):
     _without(monkeypatch, "tensorrt")
     with pytest.raises(BackendError, match=r"tensorrt Python package \(TensorRT 10\) is missing"):
-        open_runner("tensorrt", DEFAULT_BUNDLE / "classifier.onnx")
+        open_runner("tensorrt", SYNTHETIC_BUNDLE / "classifier.onnx")
 
 
 def test_edge_run_on_tensorrt_without_it_is_one_line(monkeypatch, capsys, tmp_path):
@@ -325,7 +325,7 @@ def _tensorrt_or_skip():
 
 @pytest.fixture(scope="module")
 def engine_cache(tmp_path_factory, bundle):
-    """Real engines for the default bundle, built once; only for the TensorRT cases."""
+    """Real engines for the synthetic bundle, built once; only for the TensorRT cases."""
     _tensorrt_or_skip()
     from edge.backends.tensorrt_build import build_engines
     cache = EngineCache(tmp_path_factory.mktemp("trt-cache"))
