@@ -28,7 +28,7 @@ milliseconds on a 1920 x 1080 field:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -227,11 +227,30 @@ def _block_light(grey: np.ndarray) -> np.ndarray:
     return np.partition(blocks, k, axis=1)[:, k].reshape(GRID, GRID).astype(np.float32)
 
 
-def fit_stain_reference(images) -> tuple[float, float, float]:
-    """The unit mean nucleus OD colour of reference fields (well-stained fields of the lab or training set)."""
-    vectors = [s for _, s in (measure_field(im) for im in images) if s is not None]
-    if not vectors:
-        raise ValueError("the reference fields hold no nucleus-stained pixels")
-    mean = np.mean(vectors, axis=0)
-    return tuple(float(v) for v in mean / np.linalg.norm(mean))
+FOCUS_MARGIN = 0.5        # min_focus: this share of the reference fields' 5th-percentile focus
+STAIN_ANGLE_MARGIN = 1.25  # max_stain_angle: this multiple of their 95th-percentile angle (at least the default)
 
+
+def fit_quality_limits(images, base: QualityLimits = QualityLimits()) -> QualityLimits:
+    """`base` with the camera- and stain-dependent limits fitted on reference fields (good fields of one
+    microscope and stain, e.g. a detector's real training fields).
+
+    The focus measure scales with the optics and the camera's resolution and
+    the stain colour with the lab's protocol, so neither default transfers
+    from the synthetic smears: min_focus becomes FOCUS_MARGIN x the 5th
+    percentile of the fields' focus, the stain reference their mean nucleus
+    colour, and max_stain_angle STAIN_ANGLE_MARGIN x the 95th percentile of
+    their angles to it. The light and density limits are kept.
+    """
+    measured = [measure_field(im, base.downscale, base.nucleus_od) for im in images]
+    focus = [m["focus"] for m, _ in measured if "focus" in m]
+    vectors = np.array([s for _, s in measured if s is not None])
+    if not focus or len(vectors) == 0:
+        raise ValueError("the reference fields hold no detail or no nucleus-stained pixels to fit limits on")
+    reference = vectors.mean(axis=0)
+    reference /= np.linalg.norm(reference)
+    angles = np.degrees(np.arccos(np.clip(vectors @ reference, -1.0, 1.0)))
+    return replace(base, min_focus=round(FOCUS_MARGIN * float(np.percentile(focus, 5)), 4),
+                   stain_reference=tuple(round(float(v), 4) for v in reference),
+                   max_stain_angle=round(max(base.max_stain_angle,
+                                             STAIN_ANGLE_MARGIN * float(np.percentile(angles, 95))), 2))

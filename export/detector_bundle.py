@@ -14,10 +14,13 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import torch
 
-from edge.bundle import ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
+from edge.bundle import Bundle, ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
+from edge.detection_data import load_detection_dataset
 from edge.preprocess import Normalisation
+from edge.quality import QualityLimits, fit_quality_limits
 from edge.synthetic import SmearConfig, max_cell_diameter_px
 from export.deployed import git_commit, staged_bundle
 from export.detector_training import CHECKPOINT, RUN_FILE
@@ -67,6 +70,7 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
         raise ValueError(f"overlap {overlap} px does not fit tiles of {tile} px: "
                          "train with a larger --tile or bundle with a smaller --scale")
     source = load_bundle(classifier_bundle or DEFAULT_BUNDLE)
+    quality, quality_note = _quality_limits(recipe, source)
 
     with staged_bundle(out) as staging:
         export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
@@ -77,8 +81,8 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
             ccl_sigma=source.ccl_sigma,
             detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile), ("boxes", "scores"),
                                normalisation=Normalisation()),
-            classifier=source.classifier, thresholds=source.thresholds, tiling=tiling,
-            provenance={"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
+            classifier=source.classifier, thresholds=source.thresholds, tiling=tiling, quality=quality,
+            provenance={"quality": quality_note,"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
                         "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
                         "detector_training_commit": info["code_commit"],
                         "overlap_rule": rule, "largest_box_px": info["largest_box_px"],
@@ -86,4 +90,15 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
                         "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
                         "script": "edge export detector-bundle"})
     return {"bundle": str(out), "tiling": tiling.to_dict(), "detector_epoch": int(state["epoch"]),
-            "classifier_from": str(source.root)}
+            "classifier_from": str(source.root), "quality": quality_note}
+
+
+def _quality_limits(recipe: dict, source: Bundle) -> tuple[QualityLimits | None, str]:
+    """The field quality gate's limits: fitted on the run's real training fields, else the classifier bundle's."""
+    if not recipe.get("data"):
+        return source.quality, f"from {source.root} (the detector trained on synthetic fields only)"
+    fields = [cv2.imread(str(sample.image_path)) for split in recipe["splits"]
+              for sample in load_detection_dataset(recipe["data"], recipe["format"], split)]
+    limits = fit_quality_limits(fields, source.quality or QualityLimits())
+    return limits, (f"min_focus, stain_reference and max_stain_angle fitted on the {len(fields)} fields of "
+                    f"{recipe['data']} {'+'.join(recipe['splits'])} (edge.quality.fit_quality_limits)")

@@ -9,7 +9,8 @@ import pytest
 
 from edge.bundle import BundleError, load_bundle
 from edge.cli import main
-from edge.quality import QualityGate, QualityLimits, parse_override
+from edge.quality import (FOCUS_MARGIN, QualityGate, QualityLimits, fit_quality_limits, measure_field,
+                          parse_override)
 from edge.runloop import run_session
 from edge.synthetic import SmearConfig, render_field
 from tests.bundles import SYNTHETIC_BUNDLE
@@ -65,6 +66,27 @@ def test_good_fields_pass_and_fields_degraded_beyond_a_limit_are_refused(good_fi
         reports = [gate.check(degrade(im)) for im in good_fields]
         refused = sum(check in r.checks for r in reports)
         assert refused >= 0.99 * GOOD, (name, refused)
+
+
+def test_limits_fitted_on_another_microscope_pass_its_fields_and_refuse_its_blur(good_fields):
+    # a camera sampling the smear twice as finely as the synthetic one, and a warmer stain
+    lab = [restain(cv2.resize(im, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC), hue_degrees=40)
+           for im in good_fields[:30]]
+    limits = fit_quality_limits(lab[:20])
+    focus = sorted(measure_field(im)[0]["focus"] for im in lab[:20])
+    assert limits.min_focus == pytest.approx(FOCUS_MARGIN * np.percentile(focus, 5), abs=1e-4)
+    assert np.linalg.norm(limits.stain_reference) == pytest.approx(1.0, abs=1e-3)
+    assert limits.stain_reference != QualityLimits().stain_reference and limits.max_stain_angle >= 6.0
+    assert (limits.min_white, limits.max_stained) == (QualityLimits().min_white, QualityLimits().max_stained)
+    default_gate, fitted_gate = QualityGate(), QualityGate(limits)
+    assert not any(default_gate.check(im).passed for im in lab[20:])  # the synthetic limits refuse them
+    assert all(fitted_gate.check(im).passed for im in lab[20:])  # fields it did not fit on pass
+    assert not fitted_gate.check(cv2.GaussianBlur(lab[25], (0, 0), 4.0)).passed  # its own blur is still caught
+
+
+def test_fitting_needs_fields_with_stained_nuclei():
+    with pytest.raises(ValueError, match="no detail or no nucleus-stained pixels"):
+        fit_quality_limits([np.full((96, 128, 3), 230, np.uint8)])
 
 
 def test_density_limits_refuse_thick_and_empty_fields():

@@ -7,6 +7,7 @@ import torch
 
 from edge.bundle import load_bundle
 from edge.cli import main as edge_main
+from edge.quality import QualityLimits
 from edge.synthetic import SmearConfig, max_cell_diameter_px
 from edge.synthetic_datasets import write_voc_fields
 from export.cli import main as export_main
@@ -75,6 +76,9 @@ def test_detector_bundle_verifies_and_eval_detect_runs(run, voc, tmp_path, capsy
     assert report["tiling"] == b.tiling.to_dict()
     assert b.detector.input_shape == (-1, 3, 128, 128) and b.provenance["epoch"] == 2
     assert b.class_names == load_bundle(b.provenance["classifier_from"]).class_names
+    # the field quality gate's camera- and stain-dependent limits, fitted on the run's training fields
+    assert b.quality is not None and b.quality.min_focus != QualityLimits().min_focus
+    assert "fitted on the" in b.provenance["quality"] and report["quality"] == b.provenance["quality"]
     assert edge_main(["eval", "detect", "--bundle", str(bundle), "--data", str(voc), "--format", "voc",
                       "--classes", "cell", "--split", "val"]) == 0
     figures = json.loads(capsys.readouterr().out)
