@@ -26,6 +26,21 @@ def test_default_bundle_verifies_and_describes_itself():
     assert b.provenance["code_commit"]
 
 
+PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
+
+
+def test_the_default_bundle_is_the_real_data_int8_one():
+    b = load_bundle(DEFAULT_BUNDLE)
+    assert b.class_names == PBC_CLASSES
+    for spec in (b.classifier, b.detector):
+        assert spec.precision == "int8" and spec.tensorrt is not None  # INT8 students and their TensorRT twins
+    assert b.thresholds.target_accuracy == 0.99 and b.thresholds.classifier_sha256 == b.classifier.sha256
+    assert b.quality is not None  # the field quality gate fitted on the detector's real fields
+    provenance = json.dumps(b.provenance).lower()
+    assert "shared/data/bccd" in provenance and "shared/data/pbc" in provenance
+    assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) < 25 * 2 ** 20
+
+
 def test_tar_bundle_loads(bundle_copy, tmp_path):
     archive = tmp_path / "bundle.tar"
     with tarfile.open(archive, "w") as tar:

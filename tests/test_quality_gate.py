@@ -134,7 +134,7 @@ def test_a_run_refuses_bad_fields_reports_why_and_counts_the_good_ones(tmp_path,
         cv2.imwrite(str(folder / name), image)
     (folder / "e.png").write_bytes(b"not an image")
     out = tmp_path / "s"
-    code = main(["run", "--source", str(folder), "--out", str(out), "--threads", "1", "--no-save-fields"])
+    code = main(["run", "--bundle", str(SYNTHETIC_BUNDLE), "--source", str(folder), "--out", str(out), "--threads", "1", "--no-save-fields"])
     printed = capsys.readouterr().out
     assert code == 0
     results = json.loads((out / "results.json").read_text())

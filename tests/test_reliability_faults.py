@@ -210,7 +210,8 @@ def small_filesystem(tmp_path):
 
 def test_a_real_full_filesystem_is_one_clear_error_and_the_session_resumes(small_filesystem, reference):
     out = small_filesystem / "s"
-    args = ["run", "--source", SOURCE, "--out", str(out), "--no-save-fields", "--threads", "1"]
+    args = ["run", "--bundle", str(SYNTHETIC_BUNDLE), "--source", SOURCE, "--out", str(out), "--no-save-fields",
+            "--threads", "1"]
     first = subprocess.run(EDGE + args, capture_output=True, text=True, timeout=300)
     errors = [line for line in first.stderr.splitlines() if line.startswith("edge: error")]
     assert first.returncode == 2 and "Traceback" not in first.stderr
@@ -264,7 +265,7 @@ def test_the_serial_device_unplugs_mid_session_and_no_field_is_lost_or_doubled(t
 
 def start_edge_run(out: Path, source: str, resume: bool) -> subprocess.Popen:
     args = ["run", "--out", str(out), "--no-save-fields", "--threads", "1"]
-    args += ["--resume"] if resume else ["--source", source]
+    args += ["--resume"] if resume else ["--bundle", str(SYNTHETIC_BUNDLE), "--source", source]
     return subprocess.Popen(EDGE + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -308,8 +309,8 @@ def test_sigkill_at_random_moments_then_resume_counts_what_an_uninterrupted_run_
 
 def test_a_second_edge_run_on_a_folder_being_counted_is_refused(tmp_path):
     out = tmp_path / "s"
-    first = subprocess.Popen(EDGE + ["run", "--source", "synthetic:frames=200,seed=1", "--out", str(out),
-                                     "--no-save-fields", "--threads", "1"],
+    first = subprocess.Popen(EDGE + ["run", "--bundle", str(SYNTHETIC_BUNDLE), "--source", "synthetic:frames=200,seed=1",
+                                     "--out", str(out), "--no-save-fields", "--threads", "1"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120

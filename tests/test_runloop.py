@@ -90,8 +90,9 @@ def test_resume_with_another_bundle_is_refused(tmp_path, bundle_copy):
 
 def _spawn(out, *extra):
     code = ("import sys; from edge.cli import main; sys.exit(main(sys.argv[1:]))")
-    return subprocess.Popen([sys.executable, "-c", code, "run", "--source", SOURCE, "--out", str(out),
-                             "--threads", "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", code, "run", "--bundle", str(SYNTHETIC_BUNDLE), "--source", SOURCE,
+                             "--out", str(out), "--threads", "1", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _wait_for_fields(out, n, proc, timeout=120):
