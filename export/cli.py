@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     db.add_argument("--overlap", type=_overlap, default=None,
                     help="tile overlap in pixels, or 'auto' (default): the largest expected cell")
     db.add_argument("--score-threshold", type=float, default=0.3)
+    db.add_argument("--crop-context-from", type=Path, metavar="DIR",
+                    help="the classifier's training images (a folder per class): fit the crop context so that "
+                         "the device frames detected cells as these images frame theirs")
     db.set_defaults(handler=_detector_bundle)
 
     mi = sub.add_parser("model-info", help="parameters and GFLOPs (multiply-adds) of a CrossFormer config")
@@ -189,7 +192,8 @@ def _detector_bundle(args) -> int:
     from export.detector_bundle import bundle_from_detector_run
     report = bundle_from_detector_run(args.run, args.out, classifier_bundle=args.classifier_bundle,
                                       scale=args.scale, overlap=args.overlap,
-                                      score_threshold=args.score_threshold)
+                                      score_threshold=args.score_threshold,
+                                      crop_context_from=args.crop_context_from)
     print(json.dumps(report, indent=2))
     return 0
 

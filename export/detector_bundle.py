@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 from edge.bundle import Bundle, ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
 from edge.detection_data import load_detection_dataset
+from edge.frames import IMAGE_SUFFIXES
 from edge.preprocess import Normalisation
 from edge.quality import QualityLimits, fit_quality_limits
 from edge.synthetic import SmearConfig, max_cell_diameter_px
@@ -52,10 +55,12 @@ def load_run_detector(run: Path) -> tuple[torch.nn.Module, dict]:
 
 def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | None = None,
                              scale: float | None = None, overlap: int | None = None,
-                             score_threshold: float = 0.3) -> dict:
+                             score_threshold: float = 0.3, crop_context_from: Path | None = None) -> dict:
     """Write bundle `out` from detector run `run` and a classifier bundle; return what was chosen.
 
     `scale` defaults to the run's training scale and `overlap` to ``auto_overlap``.
+    The crop context is the classifier bundle's, or with `crop_context_from`
+    (the classifier's training images) fitted by ``fit_crop_context``.
     """
     from edge import DEFAULT_BUNDLE
     info = json.loads((run / RUN_FILE).read_text())
@@ -76,21 +81,58 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
         export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
         copy_model_files(source, source.classifier, staging)
         tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
-        write_bundle(
-            staging, class_names=list(source.class_names), classifier_head=source.classifier_head,
-            ccl_sigma=source.ccl_sigma,
-            detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile), ("boxes", "scores"),
-                               normalisation=Normalisation()),
-            classifier=source.classifier, thresholds=source.thresholds, tiling=tiling, quality=quality,
-            provenance={"quality": quality_note,"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
-                        "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
-                        "detector_training_commit": info["code_commit"],
-                        "overlap_rule": rule, "largest_box_px": info["largest_box_px"],
-                        "classifier_from": str(source.root), "classifier_provenance": source.provenance,
-                        "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
-                        "script": "edge export detector-bundle"})
+        provenance = {"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
+                      "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
+                      "detector_training_commit": info["code_commit"],
+                      "overlap_rule": rule, "largest_box_px": info["largest_box_px"], "quality": quality_note,
+                      "classifier_from": str(source.root), "classifier_provenance": source.provenance,
+                      "code_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+                      "script": "edge export detector-bundle"}
+        contents = dict(class_names=list(source.class_names), classifier_head=source.classifier_head,
+                        ccl_sigma=source.ccl_sigma, classifier=source.classifier, thresholds=source.thresholds,
+                        quality=quality, detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile),
+                                                            ("boxes", "scores"), normalisation=Normalisation()))
+        write_bundle(staging, tiling=tiling, provenance=provenance, **contents)
+        if crop_context_from is not None:
+            context, framed = fit_crop_context(staging, crop_context_from)
+            tiling = replace(tiling, crop_context=context)
+            provenance["crop_context"] = (f"{context}: the median framing of {framed} images of "
+                                          f"{crop_context_from} under this detector (fit_crop_context)")
+            write_bundle(staging, tiling=tiling, provenance=provenance, **contents)
     return {"bundle": str(out), "tiling": tiling.to_dict(), "detector_epoch": int(state["epoch"]),
-            "classifier_from": str(source.root), "quality": quality_note}
+            "classifier_from": str(source.root), "quality": quality_note,
+            "crop_context": provenance.get("crop_context", f"{tiling.crop_context} from {source.root}")}
+
+
+def fit_crop_context(bundle: Path, data: Path, max_images: int = 200, seed: int = 0) -> tuple[float, int]:
+    """The crop context that frames a detected cell as the classifier's training images frame theirs.
+
+    The classifier learned from single-cell images (a folder per class, e.g.
+    PBC's, where the image is about 2.5 cell diameters wide); the device crops
+    `crop_context` x a detection's longer side around it. This is the median,
+    over up to `max_images` of `data`'s images (drawn with `seed`), of the
+    image's longer side over the longer side of the bundle's most confident
+    detection in it; with the number of images that had a detection.
+    """
+    from edge.engine import CellCounter
+    paths = sorted(p for p in Path(data).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{data} holds no images in class folders")
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(max_images, len(paths)), replace=False))]
+    ratios = []
+    with CellCounter(load_bundle(bundle), threads=1) as counter:
+        for path in chosen:
+            image = cv2.imread(str(path))
+            if image is None:
+                raise ValueError(f"cannot read image {path}")
+            boxes, scores = counter.detect(image)
+            if len(boxes):
+                x0, y0, x1, y1 = boxes[int(np.argmax(scores))][:4]
+                ratios.append(max(image.shape[:2]) / max(x1 - x0, y1 - y0, 1.0))
+    if not ratios:
+        raise ValueError(f"the detector finds no cell in the {len(chosen)} images drawn from {data}")
+    return round(float(np.median(ratios)), 2), len(ratios)
 
 
 def _quality_limits(recipe: dict, source: Bundle) -> tuple[QualityLimits | None, str]:

@@ -1,6 +1,7 @@
 """`edge export train-detector` and `detector-bundle` on a tiny VOC folder of synthetic fields."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -113,3 +114,25 @@ def test_mixed_source_follows_its_weights():
     assert all(MixedSource([a, b], [1.0, 0.0]).sample(rng)[0][0, 0, 0] == 0 for _ in range(50))
     with pytest.raises(ValueError):
         MixedSource([a, b], [1.0])
+
+
+def test_crop_context_is_fitted_to_the_classifier_images_framing(tmp_path):
+    """Single-cell images cut 2.5 cell sizes wide: the fitted context frames device crops the same way."""
+    from edge.synthetic import render_field
+    from export.detector_bundle import fit_crop_context
+    from tests.bundles import SYNTHETIC_BUNDLE
+    folder = tmp_path / "cells" / "cell"
+    folder.mkdir(parents=True)
+    for seed in range(4):
+        field = render_field(SmearConfig(), seed=seed)
+        h, w = field.image.shape[:2]
+        for i, (x0, y0, x1, y1) in enumerate(field.boxes):
+            half = 1.25 * max(x1 - x0, y1 - y0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            if cx - half >= 0 and cy - half >= 0 and cx + half <= w and cy + half <= h:
+                crop = field.image[round(cy - half):round(cy + half), round(cx - half):round(cx + half)]
+                cv2.imwrite(str(folder / f"{seed}_{i}.png"), crop)
+    context, framed = fit_crop_context(SYNTHETIC_BUNDLE, tmp_path / "cells")
+    assert framed >= 10 and context == pytest.approx(2.5, rel=0.15)
+    with pytest.raises(ValueError, match="no images"):
+        fit_crop_context(SYNTHETIC_BUNDLE, tmp_path / "cells" / "cell")
