@@ -2,7 +2,7 @@
 
     python -m benchmarks.edge_vs_naive [--frame-size 1280x960] [--frames 6] [--threads 2]
 
-Both use the same weights: the default bundle's training checkpoints
+Both use the same weights: the synthetic bundle's training checkpoints
 (runs/synthetic-bundle/, made by `edge export synthetic-bundle`), loaded into
 torch for the naive pipeline and exported to ONNX into a copy of the default
 bundle for the engine. Each field goes through both, alternating, so the ratio
@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.naive_pipeline import (CLASSIFIER_CHECKPOINT, DETECTOR_CHECKPOINT, NaivePipeline,
-                                       load_classifier)
+from benchmarks.naive_pipeline import (CLASSIFIER_CHECKPOINT, DETECTOR_CHECKPOINT, SYNTHETIC_BUNDLE,
+                                       NaivePipeline, load_classifier)
 from benchmarks.tiled_vs_naive import bundle_with, load_detector
-from edge import DEFAULT_BUNDLE
 from edge.bench_pipeline import STAGES, StageClock, StagedCounter
 from edge.bundle import load_bundle, write_bundle
 from edge.synthetic import SmearConfig, render_field
@@ -33,7 +32,7 @@ from export.onnx_export import export_onnx
 
 
 def engine_bundle(detector: torch.nn.Module, classifier: torch.nn.Module, folder: Path) -> Path:
-    """A copy of the default bundle whose models are exports of exactly these weights."""
+    """A copy of the synthetic bundle whose models are exports of exactly these weights."""
     bundle_with(detector, folder)
     b = load_bundle(folder)
     export_onnx(classifier, b.classifier.input_hw[0], folder / b.classifier.file, output_name=b.classifier.outputs[0])
@@ -55,7 +54,7 @@ def main() -> None:
     width, height = (int(v) for v in args.frame_size.split("x"))
     fields = [render_field(SmearConfig(width=width, height=height), seed=500 + i) for i in range(args.frames + 1)]
     detector = load_detector(args.detector)
-    classifier = load_classifier(args.classifier, load_bundle(DEFAULT_BUNDLE))
+    classifier = load_classifier(args.classifier, load_bundle(SYNTHETIC_BUNDLE))
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(engine_bundle(detector, classifier, Path(tmp)))
         naive = NaivePipeline(detector, classifier, bundle)

@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edge import DEFAULT_BUNDLE
+from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.frames import Frame
 from edge.runloop import run_session
 from edge.sources import FrameSource
@@ -42,7 +42,7 @@ class MemorySource(FrameSource):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    p.add_argument("--bundle", type=Path, default=SYNTHETIC_BUNDLE)
     p.add_argument("--size", default="1920x1080")
     p.add_argument("--fields", type=int, default=24)
     p.add_argument("--distinct", type=int, default=8, help="distinct fields rendered (then repeated)")

@@ -1,11 +1,11 @@
-"""Stitching time per 1000 cells on a 4096 x 3000 frame with the default bundle's tiling.
+"""Stitching time per 1000 cells on a 4096 x 3000 frame with the synthetic bundle's tiling.
 
     python benchmarks/stitching.py [--repeats 30] [--threshold-ms 2]
 
 Cells are disjoint boxes of 10 to 40 pixels, and twenty of 100 to 200 (larger
 than the overlap, so the corner-distance merge works too). The detector
 is the oracle that reports the visible part of each cell in each tile, in the K
-slots per tile of a static-shape detector (K = 100, the default bundle's, or the
+slots per tile of a static-shape detector (K = 100, the synthetic bundle's, or the
 most cells one tile sees if more). Each row checks that every cell is found once.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from edge import DEFAULT_BUNDLE
+from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.bundle import load_bundle
 from edge.tiling import TileGrid, make_grid, stitch
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threshold-ms", type=float, default=2.0, help="target per 1000 cells")
     args = parser.parse_args()
-    tiling = load_bundle(DEFAULT_BUNDLE).tiling
+    tiling = load_bundle(SYNTHETIC_BUNDLE).tiling
     grid = make_grid(WIDTH, HEIGHT, tiling.tile_size, tiling.overlap)
     rng = np.random.default_rng(0)
     print(f"frame {WIDTH}x{HEIGHT}, tile {tiling.tile_size}, overlap {tiling.overlap}, {len(grid)} tiles")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from edge import DEFAULT_BUNDLE
+from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.bundle import load_bundle, write_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
@@ -39,8 +39,8 @@ def load_detector(checkpoint: Path) -> torch.nn.Module:
 
 
 def bundle_with(detector: torch.nn.Module, folder: Path) -> Path:
-    """A copy of the default bundle whose detector is `detector`."""
-    source = load_bundle(DEFAULT_BUNDLE)
+    """A copy of the synthetic bundle whose detector is `detector`."""
+    source = load_bundle(SYNTHETIC_BUNDLE)
     shutil.copytree(source.root, folder, dirs_exist_ok=True)
     export_onnx(detector, source.tiling.tile_size, folder / source.detector.file, output_names=("boxes", "scores"))
     write_bundle(folder, class_names=list(source.class_names), classifier_head=source.classifier_head,

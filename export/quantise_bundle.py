@@ -230,7 +230,7 @@ def _seal(out: Path, tmp: Path, data: Path, source: Bundle, model: Path, twin: P
         classifier=replace(source.classifier, file=file, precision=precision, tensorrt=variant),
         thresholds=Thresholds(float(figures["threshold"]), target_accuracy, threshold_method,
                               classifier_sha256=sha256_file(provisional / file)),
-        tiling=source.tiling,
+        tiling=source.tiling, quality=source.quality,
         provenance={"quantised_from": str(source.root), "source_provenance": source.provenance,
                     "quantisation": {"precision": precision, "kept": comparison["kept"],
                                      "calibration_images": calibration_size,

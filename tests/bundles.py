@@ -1,10 +1,10 @@
 """The bundles the tests run on.
 
 SYNTHETIC_BUNDLE is the project's synthetic bundle (`edge export
-synthetic-bundle`, recipe in scripts/): tiny models trained on the synthetic
+synthetic-bundle`; the default bundle until the real-data one): tiny models trained on the synthetic
 smear generator's fields and cells, so a test can check counts and classes
 against the generator's ground truth. The shipped default bundle
-(edge.SYNTHETIC_BUNDLE) is trained on real smears and is tested for what it is.
+(edge.DEFAULT_BUNDLE) is trained on real smears and is tested for what it is.
 """
 import hashlib
 import json

@@ -9,8 +9,10 @@ import pytest
 from edge.bench import main
 from edge.bench_pipeline import STAGES
 from edge.bench_report import compare_reports
+from tests.bundles import SYNTHETIC_BUNDLE
 
-TINY = ["--source", "synthetic:frames=2,seed=1", "--frame-size", "320x256", "--threads", "1"]
+TINY = ["--bundle", str(SYNTHETIC_BUNDLE), "--source", "synthetic:frames=2,seed=1", "--frame-size", "320x256",
+        "--threads", "1"]
 STABLE_KEYS = {"fields_per_s", "cells_per_s", "latency_ms", "stages", "backend", "precision", "batch", "tile",
                "frame_size", "machine", "roofline"}
 
@@ -69,7 +71,8 @@ def test_sweep_runs_the_whole_grid(tmp_path, capsys):
     (["--source", "/no/such/folder"], "unknown source"),
 ])
 def test_bad_options_are_one_line_errors(args, message, capsys):
-    assert main(["--source", "synthetic:frames=1", "--frames", "1", "--warmup", "0"] + args) == 2
+    assert main(["--bundle", str(SYNTHETIC_BUNDLE), "--source", "synthetic:frames=1", "--frames", "1", "--warmup", "0"]
+                + args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

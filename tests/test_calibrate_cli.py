@@ -84,9 +84,9 @@ def softmax_bundle(tmp_path_factory):
 def test_calibrate_writes_a_bundle_bound_to_its_classifier_and_a_report(crops, tmp_path, capsys):
     split = write_split_file(crops, tmp_path / "split.json")
     out, report_dir = tmp_path / "calibrated", tmp_path / "report"
-    assert main(["calibrate", "--data", str(crops), "--split-file", str(split), "--eval-split", "validation",
-                 "--target-accuracy", "0.95", "--out", str(out), "--report", str(report_dir),
-                 "--threads", "1"]) == 0
+    assert main(["calibrate", "--bundle", str(SYNTHETIC_BUNDLE), "--data", str(crops), "--split-file", str(split),
+                 "--eval-split", "validation", "--target-accuracy", "0.95", "--out", str(out),
+                 "--report", str(report_dir), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     b = load_bundle(out)
     t = b.thresholds
@@ -109,7 +109,7 @@ def test_calibrate_writes_a_bundle_bound_to_its_classifier_and_a_report(crops, t
             assert (ev["rejection_rate"], ev["accepted_accuracy"], ev["reliability"]) == (1.0, None, 0.0)
         assert set(ev["per_class"]) == {str(c) for c in range(5)}
     md = (report_dir / "report.md").read_text()
-    assert "| default_bundle | ccl (deployed) | 125 | held out |" in md and md in printed
+    assert "| synthetic_bundle | ccl (deployed) | 125 | held out |" in md and md in printed
     png = cv2.imread(str(report_dir / "risk_coverage.png"))
     assert png is not None and png.shape[1] == 3 * 360
 
@@ -196,8 +196,8 @@ def test_unbound_thresholds_load_with_a_warning_and_inf_class_thresholds_reject(
     (["--eval-split", "validation"], "--eval-split needs --split-file"),
 ])
 def test_bad_requests_are_one_line_errors(crops, tmp_path, capsys, extra, message):
-    args = ["calibrate", "--data", str(crops), "--target-accuracy", "0.95", "--out", str(tmp_path / "b"),
-            "--threads", "1"]
+    args = ["calibrate", "--bundle", str(SYNTHETIC_BUNDLE), "--data", str(crops), "--target-accuracy", "0.95",
+            "--out", str(tmp_path / "b"), "--threads", "1"]
     assert main(args + extra) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -51,9 +52,16 @@ def test_quantise_writes_an_int8_bundle_with_thresholds_refitted_on_it(crops, tm
     data, split_file = crops
     out = tmp_path / "int8"
     fields = write_split_fields(tmp_path / "fields")
-    assert main(_args(data, split_file, out, "--min-accuracy", "0.8", "--min-agreement", "0.8",
-                      "--min-accepted-accuracy", "0.8", "--detector-data", str(fields), "--detector-classes", "cell",
-                      "--max-detector-recall-drop", "0.05")) == 0
+    source_root = tmp_path / "source"  # the synthetic bundle with a fitted field quality section
+    shutil.copytree(SYNTHETIC_BUNDLE, source_root)
+    manifest = json.loads((source_root / "manifest.json").read_text())
+    manifest["quality"] = {"min_focus": 0.2, "max_stain_angle": 9.0}
+    (source_root / "manifest.json").write_text(json.dumps(manifest))
+    args = _args(data, split_file, out, "--min-accuracy", "0.8", "--min-agreement", "0.8",
+                 "--min-accepted-accuracy", "0.8", "--detector-data", str(fields), "--detector-classes", "cell",
+                 "--max-detector-recall-drop", "0.05")
+    args[args.index("--bundle") + 1] = str(source_root)
+    assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     bundle = load_bundle(out)
     assert bundle.classifier.precision == "int8" and bundle.classifier.file == "classifier-int8.onnx"
@@ -62,6 +70,7 @@ def test_quantise_writes_an_int8_bundle_with_thresholds_refitted_on_it(crops, tm
     source = load_bundle(SYNTHETIC_BUNDLE)
     assert bundle.detector.precision == "int8" and bundle.detector.file == "detector-int8.onnx"
     assert bundle.tiling == source.tiling
+    assert bundle.quality == load_bundle(source_root).quality and bundle.quality.min_focus == 0.2  # carried over
     assert bundle.provenance["quantisation"]["kept"] == printed["kept"] == "student INT8 minmax"
     assert bundle.provenance["calibration"]["script"] == "edge calibrate"
     report = json.loads((tmp_path / "int8-report.json").read_text())

@@ -81,8 +81,8 @@ def test_recalibration_on_expert_labels_brings_accepted_accuracy_back_to_target(
     assert before < TARGET  # the premise: the shipped thresholds do not hold on this site's stain
 
     out = tmp_path / "site-bundle"
-    code = main(["calibrate", "--from-review", str(session), "--target-accuracy", str(TARGET),
-                 "--out", str(out), "--threads", "1"])
+    code = main(["calibrate", "--bundle", str(SYNTHETIC_BUNDLE), "--from-review", str(session),
+                 "--target-accuracy", str(TARGET), "--out", str(out), "--threads", "1"])
     assert code == 0
     assert accepted_accuracy(out, fresh, labels) >= TARGET
 
@@ -101,8 +101,8 @@ def test_from_review_without_labels_is_one_clear_error(tmp_path, capsys):
     session = tmp_path / "s"
     run_session(SYNTHETIC_BUNDLE, "synthetic:frames=1,seed=3", session, threads=1, save_fields=False,
                 live=io.StringIO())
-    code = main(["calibrate", "--from-review", str(session), "--target-accuracy", "0.9",
-                 "--out", str(tmp_path / "b")])
+    code = main(["calibrate", "--bundle", str(SYNTHETIC_BUNDLE), "--from-review", str(session),
+                 "--target-accuracy", "0.9", "--out", str(tmp_path / "b")])
     assert code == 2
     assert "no cells that an expert labelled" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

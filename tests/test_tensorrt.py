@@ -262,7 +262,7 @@ def test_build_engines_refuses_tensorrt_8(monkeypatch, capsys):
 
 def test_plan_errors_come_before_the_missing_tensorrt(monkeypatch, capsys):
     _without(monkeypatch, "tensorrt")
-    assert main(["build-engines", "--precision", "int8"]) == 2
+    assert main(["build-engines", "--bundle", str(SYNTHETIC_BUNDLE), "--precision", "int8"]) == 2
     assert "INT8 needs a QDQ model" in capsys.readouterr().err
     assert main(["build-engines", "--frame-size", "1920by1080"]) == 2
     assert "--frame-size must be WIDTHxHEIGHT" in capsys.readouterr().err
@@ -272,11 +272,21 @@ def test_plan_errors_come_before_the_missing_tensorrt(monkeypatch, capsys):
 
 def test_dry_run_prints_the_plan_without_tensorrt(monkeypatch, capsys):
     _without(monkeypatch, "tensorrt", "pycuda", "pycuda.driver")
-    assert main(["build-engines", "--dry-run", "--frame-size", "4096x3000", "--max-batch", "128"]) == 0
+    assert main(["build-engines", "--bundle", str(SYNTHETIC_BUNDLE), "--dry-run", "--frame-size", "4096x3000",
+                 "--max-batch", "128"]) == 0
     detector, classifier = capsys.readouterr().out.splitlines()
     assert detector.startswith("detector   detector.onnx") and "fp16 flags FP16" in detector
     assert "batch 1/128/128 (min/opt/max) x 3x256x256" in detector
     assert "batch 1/64/128 (min/opt/max) x 3x64x64" in classifier
+
+
+def test_the_default_bundle_plans_int8_engines_from_its_twins(monkeypatch, capsys):
+    _without(monkeypatch, "tensorrt", "pycuda", "pycuda.driver")
+    assert main(["build-engines", "--dry-run", "--frame-size", "1920x1080"]) == 0
+    detector, classifier = capsys.readouterr().out.splitlines()
+    assert detector.startswith("detector   detector-int8-tensorrt.onnx") and "int8 flags INT8+FP16" in detector
+    assert "batch 1/6/6 (min/opt/max)" in detector  # 1920 x 1080 at scale 0.28: 6 tiles of 256
+    assert classifier.startswith("classifier classifier-int8-tensorrt.onnx") and "int8 flags INT8+FP16" in classifier
 
 
 def test_open_runner_tensorrt_without_tensorrt_names_it(monkeypatch):

@@ -512,10 +512,11 @@ def test_an_int8_bundle_builds_runs_and_counts_from_its_tensorrt_variant(fake, b
 
 
 def test_cli_builds_then_reuses(fake, capsys):
-    assert main(["build-engines", "--max-batch", "8"]) == 0
+    args = ["build-engines", "--bundle", str(SYNTHETIC_BUNDLE), "--max-batch", "8"]
+    assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("detector   fp16 batch 1/8/8  built in ") and "built" in lines[1]
-    assert main(["build-engines", "--max-batch", "8"]) == 0
+    assert main(args) == 0
     assert all("  cached  " in line for line in capsys.readouterr().out.splitlines())
 
 
