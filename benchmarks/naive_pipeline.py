@@ -23,9 +23,8 @@ from edge.decision import Decisions, RejectRule
 from edge.preprocess import to_model_input
 from export.models.classifier import build_classifier
 
-# The synthetic bundle (tests/fixtures/synthetic_bundle) and the torch checkpoints it was exported from
+# The torch checkpoints the synthetic bundle (tests.bundles.SYNTHETIC_BUNDLE) was exported from
 # (`edge export synthetic-bundle` writes them): the benchmarks on synthetic fields compare the two.
-SYNTHETIC_BUNDLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "synthetic_bundle"
 DETECTOR_CHECKPOINT = Path("runs/synthetic-bundle/detector/last.pt")
 CLASSIFIER_CHECKPOINT = Path("runs/synthetic-bundle/classifier/last.pt")
 CLASSIFIER_ARCH = "crossformer_tiny_test"  # the synthetic bundle's, from its provenance

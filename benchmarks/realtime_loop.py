@@ -10,6 +10,7 @@ all on) in one process, alternating, and must find the same cells.
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import os
 import tempfile
@@ -17,11 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.frames import Frame
 from edge.runloop import run_session
 from edge.sources import FrameSource
 from edge.synthetic import SmearConfig, render_field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
+from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
 
 
 class MemorySource(FrameSource):

@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
 from tests.test_reliability_faults import (  # noqa: E402
     EDGE, assert_same_as_uninterrupted, kill_and_resume, session_state)
 
@@ -51,8 +52,9 @@ def kill_resume(out: Path, kills: int, per_session: int, fields: int, seed: int)
     source = f"synthetic:frames={fields},seed={seed},vary=1"  # varied imaging: some cells go to review
     reference_dir = out / "reference"
     start = time.perf_counter()
-    done = subprocess.run(EDGE + ["run", "--source", source, "--out", str(reference_dir), "--no-save-fields",
-                                  "--threads", "1"], capture_output=True, text=True)
+    done = subprocess.run(EDGE + ["run", "--bundle", str(SYNTHETIC_BUNDLE), "--source", source,
+                                  "--out", str(reference_dir), "--no-save-fields", "--threads", "1"],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the reference run failed: {done.stderr}")
     run_s = time.perf_counter() - start
@@ -155,8 +157,8 @@ def _proc_sample(pid: int) -> dict:
 def soak(out: Path, minutes: float, sample_s: float, warmup_s: float) -> dict:
     session = out / "soak"
     errors = open(out / "soak-stderr.log", "w")  # a file, not a pipe nobody drains
-    proc = subprocess.Popen([sys.executable, "-u", *EDGE[1:], "run", "--source",
-                             "synthetic:frames=10000000,seed=7,vary=1", "--out", str(session), "--threads", "2"],
+    proc = subprocess.Popen([sys.executable, "-u", *EDGE[1:], "run", "--bundle", str(SYNTHETIC_BUNDLE),
+                             "--source", "synthetic:frames=10000000,seed=7,vary=1", "--out", str(session), "--threads", "2"],
                             stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT)
     field_times: list[float] = []
 

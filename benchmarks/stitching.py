@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.bundle import load_bundle
 from edge.tiling import TileGrid, make_grid, stitch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
+from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
 
 WIDTH, HEIGHT = 4096, 3000
 SLOTS = 100

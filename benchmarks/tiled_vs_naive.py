@@ -11,6 +11,7 @@ timed in the same process, alternating, so the ratio is fair on a noisy machine.
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import shutil
 import tempfile
@@ -22,13 +23,15 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from benchmarks.naive_pipeline import SYNTHETIC_BUNDLE
 from edge.bundle import load_bundle, write_bundle
 from edge.engine import CellCounter
 from edge.synthetic import SmearConfig, render_field
 from edge.tiling import cut_tiles, make_grid
 from export.models.detector import DecodedDetector, build_detector
 from export.onnx_export import export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
+from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
 
 
 def load_detector(checkpoint: Path) -> torch.nn.Module:
