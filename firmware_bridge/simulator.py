@@ -16,6 +16,7 @@ import os
 import queue
 import random
 import select
+import signal
 import threading
 import time
 import tty
@@ -130,6 +131,9 @@ class FirmwareSimulator:
 
     # ---- the MCU's main loop ----------------------------------------------------------------
     def _serve(self) -> None:
+        # Ctrl-C must wake the main thread from its blocking read of stdin (`edge firmware-sim`); the
+        # kernel may hand a process signal to any thread that does not block it, so this one blocks them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while self._running:
             while not self._calls.empty():
                 fn, done = self._calls.get()
