@@ -10,9 +10,12 @@ from firmware_bridge.messages import Button, ButtonId, FieldReady
 
 def test_firmware_sim_serves_a_host_and_takes_buttons_from_stdin(tmp_path):
     link_path = tmp_path / "scope"
+    # Ctrl-C as at a terminal: a test run started in the background (no job control) has SIGINT ignored,
+    # and a child would inherit that
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "firmware-sim", "--fields", "3", "--settle-ms", "1",
                              "--baud", "115200", "--link", str(link_path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         banner = proc.stdout.readline()
         assert re.match(rf"firmware simulator on {re.escape(str(link_path))} \(3 fields, settle 1 ms", banner)
