@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     bundles = {"teacher FP32": load_bundle(args.teacher_bundle), "student FP32": load_bundle(args.student_bundle),
                "student INT8": load_bundle(args.int8_bundle)}
     split = Split.from_json(json.loads(args.split_file.read_text()))
-    cells = SplitCells(args.data, split)
+    cells = SplitCells(args.data, split, args.int8_bundle)
     paths = {name: b.model_path(b.classifier) for name, b in bundles.items()}
     norm = bundles["student FP32"].classifier.normalisation
     report = compare_classifiers(paths, cells, norm, target_accuracy=args.target_accuracy,

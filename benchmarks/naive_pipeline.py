@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.tiled_vs_naive import naive_detect
 from edge.bundle import Bundle
-from edge.crops import crop_cells
+from edge.cell_view import cell_views
 from edge.decision import Decisions, RejectRule
 from edge.preprocess import to_model_input
 from export.models.classifier import build_classifier
@@ -50,6 +50,6 @@ class NaivePipeline:
                              self.bundle.detector.normalisation)
         scores = np.zeros((len(boxes), len(self.bundle.class_names)), np.float32)
         for i, box in enumerate(boxes):
-            crop = crop_cells(image, box[None], spec.input_hw[0], t.crop_context)
+            crop = cell_views(image, box[None], spec.input_hw[0], t.crop_context)
             scores[i] = self.classifier(torch.from_numpy(to_model_input(crop, None, spec.normalisation)))[0].numpy()
         return boxes, scores, self.rule.decide(scores)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge.bundle import Bundle, BundleError, Tiling
-from edge.crops import crop_cells
+from edge.cell_view import cell_views
 from edge.engine import CLASSIFIER_BATCH, DETECTOR_BATCH, CellCounter, FieldResult, run_batched
 from edge.frames import as_bgr8
 from edge.preprocess import to_model_input
@@ -121,7 +121,7 @@ class StagedCounter:
         scores = np.zeros((0, len(self.bundle.class_names)), dtype=np.float32)
         if len(boxes):
             with clock("crop"):
-                crops = crop_cells(image, boxes, cls.input_hw[0], t.crop_context)
+                crops = cell_views(image, boxes, cls.input_hw[0], t.crop_context)
             with clock("preprocess"):
                 x = to_model_input(crops, None, cls.normalisation)
             with clock("classify"):

@@ -23,10 +23,8 @@ from edge.bundle import (THRESHOLD_RULES, Bundle, Thresholds, copy_model_files, 
                          write_bundle)
 from edge.decision import RejectRule
 from edge.drift import DriftBands, fit_drift_bands
-from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
-from edge.evaluate import read_cell_image, read_class_folders
-from edge.frames import FrameError
-from edge.preprocess import to_model_input
+from edge.engine import CellCounter
+from edge.evaluate import read_class_folders, single_cell_scores
 from edge.report_plot import RiskCoveragePanel, draw_risk_coverage
 
 log = logging.getLogger("edge.calibrate")
@@ -48,24 +46,11 @@ def classifier_outputs(bundle: Bundle, data: Path, only: set[str] | None = None,
     An unreadable image is logged and counted in `skipped`, never given a label.
     """
     paths, labels = read_class_folders(Path(data), bundle.class_names, only)
-    spec = bundle.classifier
-    kept, parts = [], []
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
-        for start in range(0, len(paths), CLASSIFIER_BATCH):
-            batch, idx = [], []
-            for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
-                try:
-                    batch.append(read_cell_image(paths[i], spec.input_hw))
-                    idx.append(i)
-                except FrameError as exc:
-                    log.warning("skipped %s: %s", paths[i], exc)
-            if batch:
-                x = to_model_input(np.stack(batch), None, spec.normalisation)
-                parts.append(run_batched(counter.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]])
-                kept += idx
+        scores, kept, _ = single_cell_scores(counter, paths)
     if not kept:
         raise CalibrationError(f"no readable images under {data}")
-    return np.concatenate(parts), labels[kept], len(paths) - len(kept)
+    return scores, labels[kept], len(paths) - len(kept)
 
 
 def site_outputs(bundle: Bundle, sessions: tuple[Path, ...], backend: str = "onnxruntime",

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge.backends import BackendError, Runner, open_runner
 from edge.bundle import Bundle, BundleError, ModelSpec
-from edge.crops import crop_cells
+from edge.cell_view import cell_views, locate_cell
 from edge.decision import Decisions, RejectRule
 from edge.frames import as_bgr8
 from edge.preprocess import to_model_input
@@ -122,7 +122,19 @@ class CellCounter:
     def crop(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The classifier's view of each cell: (N, S, S, 3) uint8 BGR."""
         size = self.bundle.classifier.input_hw[0]
-        return crop_cells(image, boxes, size, self.bundle.tiling.crop_context)
+        return cell_views(image, boxes, size, self.bundle.tiling.crop_context)
+
+    def locate_cell(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(box, found) of the one cell a single-cell image shows: the detection nearest its centre,
+        or the stand-in box when none is found (edge.cell_view)."""
+        return locate_cell(self.detect, as_bgr8(image), self.bundle.tiling.crop_context)
+
+    def single_cell_view(self, image: np.ndarray, size: int | None = None) -> tuple[np.ndarray, bool]:
+        """(view, found): a single-cell image's cell as the device would cut it from a field."""
+        image = as_bgr8(image)
+        box, found = self.locate_cell(image)
+        size = size or self.bundle.classifier.input_hw[0]
+        return cell_views(image, box[None], size, self.bundle.tiling.crop_context)[0], found
 
     def classify_crops(self, crops: np.ndarray) -> np.ndarray:
         spec = self.bundle.classifier

@@ -12,9 +12,8 @@ from calibration.metrics import reject_metrics
 from edge.bundle import load_bundle
 from edge.detection_data import load_detection_dataset, select_classes
 from edge.detection_metrics import Prediction, Truth, evaluate_detection
-from edge.engine import CLASSIFIER_BATCH, CellCounter, run_batched
+from edge.engine import CLASSIFIER_BATCH, CellCounter
 from edge.frames import IMAGE_SUFFIXES, FrameError, as_bgr8
-from edge.preprocess import to_model_input
 
 log = logging.getLogger("edge.eval")
 
@@ -62,41 +61,47 @@ def read_class_folders(data: Path, class_names: tuple[str, ...],
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def read_cell_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A single-cell image as the classifier sees it in evaluation and calibration: the whole
-    image, resized to `size` (height, width); FrameError if it cannot be read."""
-    image = as_bgr8(cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
-    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+def read_cell_view(counter: CellCounter, path: Path, size: int | None = None) -> tuple[np.ndarray, bool]:
+    """A single-cell image's cell as the device sees it (edge.cell_view), for evaluation and
+    calibration: (view, found by the detector); FrameError if the image cannot be read."""
+    return counter.single_cell_view(as_bgr8(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)), size)
+
+
+def single_cell_scores(counter: CellCounter, paths: list[Path]) -> tuple[np.ndarray, list[int], int]:
+    """(scores, indices of the images read, how many were framed by the detector) for single-cell
+    images; an unreadable image is logged and left out."""
+    scores, kept, found = [], [], 0
+    for start in range(0, len(paths), CLASSIFIER_BATCH):
+        batch = []
+        for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
+            try:
+                view, detected = read_cell_view(counter, paths[i])
+            except FrameError as exc:
+                log.warning("skipped %s: %s", paths[i], exc)
+                continue
+            batch.append(view)
+            kept.append(i)
+            found += detected
+        if batch:
+            scores.append(counter.classify_crops(np.stack(batch)))
+    empty = np.zeros((0, len(counter.bundle.class_names)), np.float32)
+    return (np.concatenate(scores) if scores else empty), kept, found
 
 
 def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxruntime",
                         threads: int | None = None, only: set[str] | None = None) -> dict:
     """Accuracy and reject-option figures of the bundle's classifier on single-cell images.
 
-    Each image is taken as a whole to be one cell's crop.
+    Each image's cell is found with the bundle's detector and cut as the device
+    cuts it (edge.cell_view); `framed_by_detector` says for how many images
+    the detector found it (the rest are framed by the stand-in rule).
     """
     bundle = load_bundle(bundle_path)
     paths, labels = read_class_folders(data, bundle.class_names, only)
-    counter = CellCounter(bundle, backend=backend, threads=threads)
-    spec = bundle.classifier
-    scores, kept = [], []
-    for start in range(0, len(paths), CLASSIFIER_BATCH):
-        batch, idx = [], []
-        for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
-            try:
-                batch.append(read_cell_image(paths[i], spec.input_hw))
-            except FrameError as exc:
-                log.warning("skipped %s: %s", paths[i], exc)
-                continue
-            idx.append(i)
-        if batch:
-            x = to_model_input(np.stack(batch), None, spec.normalisation)
-            scores.append(run_batched(counter.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]])
-            kept += idx
-    counter.close()
+    with CellCounter(bundle, backend=backend, threads=threads) as counter:
+        scores_all, kept, found = single_cell_scores(counter, paths)
     if not kept:
         raise EvalDataError(f"no readable images under {data}")
-    scores_all = np.concatenate(scores)
     labels = labels[kept]
     decisions = counter.rule.decide(scores_all)
     # Per-class thresholds become one threshold of 0 on the margin over each cell's own threshold.
@@ -114,6 +119,7 @@ def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxrunti
         "per_class_thresholds": bundle.thresholds.per_class,
         "target_accuracy": bundle.thresholds.target_accuracy,
         "skipped_images": len(paths) - len(kept),
+        "framed_by_detector": found,
         "per_class": {bundle.class_names[c]: _without_threshold(report["per_class"][c]) for c in present},
         "bundle": str(bundle.root),
     }

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edge.bundle import Bundle
-from edge.crops import crop_cells
+from edge.cell_view import cell_views
 from edge.review import ReviewError
 from edge.review.session_reader import ReviewCell, SessionRecord, read_session
 from edge.review.store import current_labels, open_store
@@ -78,7 +78,7 @@ def _cell_input(session: SessionRecord, cell: ReviewCell, size: int, context: fl
             return None
         image = _read(session.review_dir / field.image_file)
         box = box * field.scale
-    return crop_cells(image, box[None].astype(np.float32), size, context)[0]
+    return cell_views(image, box[None].astype(np.float32), size, context)[0]
 
 
 def _read(path: Path) -> np.ndarray:

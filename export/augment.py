@@ -5,7 +5,8 @@ degrees, a random resized crop (torchvision's default scale and ratio), one of
 brightness / contrast / saturation with an offset of 0.3, and random erasing
 (torchvision's defaults). Added for robustness to other labs and microscopes:
 right-angle turns and flips (a cell has no up), stain jitter in optical density,
-hue shift, gamma, Gaussian blur (focus) and JPEG re-encoding.
+hue shift, gamma, Gaussian blur (focus), sensor noise, JPEG re-encoding, and a
+jitter of the cell's box (scale and framing) before the cell view is cut.
 
 Each transform is a plain function of the image and its parameters; `Augment`
 draws the parameters from a numpy Generator, so a seed fixes the result. Every
@@ -158,6 +159,20 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian sensor noise of `sigma` grey levels, independent per pixel and channel."""
+    return _to_uint8(image.astype(np.float32) + rng.normal(0.0, sigma, image.shape).astype(np.float32))
+
+
+def jitter_box(box: np.ndarray, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    """`box` (x0, y0, x1, y1) about its centre times `scale`, moved by `shift` x its longer side."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    cx, cy, half_w, half_h = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 * scale, (y1 - y0) / 2 * scale
+    side = max(x1 - x0, y1 - y0)
+    cx, cy = cx + shift[0] * side, cy + shift[1] * side
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dtype=np.float32)
+
+
 def erase(image: np.ndarray, box: Box, fill: tuple[int, int, int]) -> np.ndarray:
     """Paint `box` with the BGR colour `fill`."""
     top, left, h, w = box
@@ -182,13 +197,18 @@ def random_erase_box(height: int, width: int, rng: np.random.Generator,
 class Augment:
     """The training augmentation: call with (image, rng); each step fires with its probability.
 
-    Order: geometry, colour and stain, degradation, erasing last (as
-    torchvision erases the finished tensor). The crop and erase areas are
+    Before any of them, `jitter_box` rescales and moves the cell's box, so
+    the cell view (edge.cell_view) frames it as a detector's looser, tighter
+    or off-centre box would. Order: geometry, colour and stain, degradation,
+    erasing last (as torchvision erases the finished tensor). The crop and erase areas are
     narrower than torchvision's defaults (crop down to 8 %, erase up to 33 %):
     on single-cell images those often cut away or cover the whole cell, which
     teaches the label from the background.
     """
 
+    p_frame: float = 0.8
+    frame_scale: tuple[float, float] = (0.8, 1.25)
+    frame_shift: float = 0.08
     p_turn: float = 1.0
     p_rotate: float = 0.5
     max_degrees: float = 90.0
@@ -197,17 +217,21 @@ class Augment:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     p_colour: float = 0.5
     colour_offset: float = 0.3
-    p_stain: float = 0.5
-    stain_scale: float = 0.05
-    stain_shift: float = 0.05
-    p_hue: float = 0.3
-    max_hue_turns: float = 0.03
+    # Stain and hue wider than the paper's colour jitter: another lab's stain differs more than
+    # one lab's slides do (BCCD's Wright-Giemsa against PBC's May-Grunwald-Giemsa).
+    p_stain: float = 0.6
+    stain_scale: float = 0.15
+    stain_shift: float = 0.08
+    p_hue: float = 0.4
+    max_hue_turns: float = 0.05
     p_gamma: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.4)
     p_blur: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.5)
     p_jpeg: float = 0.2
     jpeg_quality: tuple[int, int] = (40, 95)
+    p_noise: float = 0.2
+    noise_sigma: tuple[float, float] = (2.0, 8.0)
     p_erase: float = 0.5
     erase_scale: tuple[float, float] = (0.02, 0.15)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
@@ -218,12 +242,23 @@ class Augment:
             raise ValueError(f"expected a uint8 BGR image (H, W, 3), got {image.dtype} {image.shape}")
         steps = ((self.p_turn, self._turn), (self.p_rotate, self._rotate), (self.p_crop, self._crop),
                  (self.p_colour, self._colour), (self.p_stain, self._stain), (self.p_hue, self._hue),
-                 (self.p_gamma, self._gamma), (self.p_blur, self._blur), (self.p_jpeg, self._jpeg),
-                 (self.p_erase, self._erase))
+                 (self.p_gamma, self._gamma), (self.p_blur, self._blur), (self.p_noise, self._noise),
+                 (self.p_jpeg, self._jpeg), (self.p_erase, self._erase))
         for probability, step in steps:
             if rng.random() < probability:
                 image = step(image, rng)
         return image
+
+    def jitter_box(self, box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The cell's box for this draw's view: rescaled (log-uniform) and moved, with probability p_frame."""
+        if rng.random() >= self.p_frame:
+            return box
+        low, high = self.frame_scale
+        scale = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return jitter_box(box, scale, tuple(rng.uniform(-self.frame_shift, self.frame_shift, 2)))
+
+    def _noise(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return add_noise(image, rng.uniform(*self.noise_sigma), rng)
 
     def _turn(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return turn(image, int(rng.integers(4)), bool(rng.integers(2)))

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -17,8 +18,9 @@ from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
 from edge.bundle import ModelSpec, Thresholds, copy_model_files, load_bundle, sha256_file, write_bundle
 from edge.decision import confidence_of
-from edge.evaluate import read_cell_image
+from edge.cell_view import cell_views
 from edge.preprocess import Normalisation
+from export.cell_boxes import find_cell_boxes
 from export.classifier_training import load_weights
 from export.deployed import git_commit, onnx_scores, staged_bundle
 from export.datasets import Split
@@ -26,11 +28,23 @@ from export.models.classifier import build_classifier
 from export.onnx_export import export_onnx
 
 
-def read_split_images(data: Path, split: Split, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, size, size, 3) BGR images of one split, resized as training and `edge eval classify` do."""
+def read_split_images(data: Path, split: Split, name: str, size: int, framing: Path,
+                      boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size, 3) BGR cell views of one split, each cell found and cut as the device does
+    (edge.cell_view) with the detector and crop context of bundle `framing`; `boxes`: found before."""
     items = split.items(name)
-    images = np.stack([read_cell_image(data / rel, (size, size)) for rel, _ in items])
-    return images, np.array([label for _, label in items], dtype=np.int64)
+    paths = [rel for rel, _ in items]
+    if boxes is None:
+        boxes, _, context = find_cell_boxes(data, paths, framing)
+    else:
+        context = load_bundle(framing).tiling.crop_context
+    views = []
+    for rel, box in zip(paths, boxes):
+        image = cv2.imread(str(data / rel), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"cannot read image {data / rel}")
+        views.append(cell_views(image, box[None], size, context)[0])
+    return np.stack(views), np.array([label for _, label in items], dtype=np.int64)
 
 
 def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = None,
@@ -54,7 +68,7 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
 
         figures = {}
         for name in ("calibration", "validation"):
-            images, labels = read_split_images(data, split, name, meta["img_size"])
+            images, labels = read_split_images(data, split, name, meta["img_size"], detector_source.root)
             scores = onnx_scores(onnx_path, images, norm)
             figures[name] = (confidence_of(scores, meta["head"]), scores.argmax(1), labels)
         fit = fit_threshold(*figures["calibration"], target_accuracy, method=method)

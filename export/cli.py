@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge import DEFAULT_BUNDLE
-from export.cli_options import add_cache_option, add_run_options
+from export.cli_options import add_cache_option, add_framing_option, add_run_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per class")
     tc.add_argument("--out", type=Path, required=True, help="checkpoints, log.jsonl and classifier.onnx")
     tc.add_argument("--split-file", type=Path, help="train/calibration/validation split (default OUT/split.json)")
-    tc.add_argument("--arch", default="crossformer_t", help="CrossFormer config name")
+    tc.add_argument("--arch", default="crossformer_t",
+                    help="CrossFormer config name, or efficientnet_lite0/1/2 (ImageNet weights from their packages)")
     tc.add_argument("--img-size", type=int, default=224)
     tc.add_argument("--head", choices=("ccl", "softmax"), default="ccl")
     tc.add_argument("--epochs", type=int, default=100)
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--seed", type=int, default=0, help="split, initialisation, sampling and augmentation")
     tc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
     add_cache_option(tc)
+    add_framing_option(tc)
     add_run_options(tc)
     tc.set_defaults(handler=_train_classifier)
 
@@ -148,7 +150,7 @@ def _train_classifier(args) -> int:
         model, history = train_on_folder(
             args.data, args.out, config, arch=args.arch, img_size=args.img_size, head=args.head,
             split_file=args.split_file, workers=args.workers, max_per_class=args.max_images_per_class,
-            resume=args.resume, progress=args.progress, cache_side=args.cache_side)
+            resume=args.resume, progress=args.progress, cache_side=args.cache_side, framing=args.framing_bundle)
     if rank != 0:
         return 0
     chosen = args.out / BEST if (args.out / BEST).exists() else args.out / LAST

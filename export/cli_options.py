@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -14,3 +15,10 @@ def add_cache_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-side", type=int, metavar="PX",
                         help="decode every image once and keep it in memory, its longer side shrunk to PX "
                              "(at least the largest input size; much faster epochs on a CPU)")
+
+
+def add_framing_option(parser: argparse.ArgumentParser) -> None:
+    from edge import DEFAULT_BUNDLE
+    parser.add_argument("--framing-bundle", type=Path, default=DEFAULT_BUNDLE, metavar="BUNDLE",
+                        help="the bundle whose detector and crop context frame each training image's cell, "
+                             "as the device frames cells in a field (default: the shipped bundle)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from edge.cell_view import cell_views, stand_in_box
 from edge.frames import IMAGE_SUFFIXES
 from edge.preprocess import Normalisation, to_model_input
 
@@ -177,30 +178,40 @@ def _write_json(path: Path, data: dict) -> None:
 # ---------------------------------------------------------------- datasets
 
 class CropDataset(Dataset):
-    """(normalised float CHW tensor, label) per cell crop, through edge's shared preprocessing.
+    """(normalised float CHW tensor, label) per cell, cut by edge's one cell view.
 
-    Subclasses say how to get image i as uint8 BGR. With `augment`, the random
-    draws come from a stream fixed by (seed, stream, epoch, DataLoader
-    worker), taken in the order the items are asked for: set `stream` per
-    process of a data-parallel run and call `set_epoch` before each epoch's
-    loader is iterated. An image drawn twice in an epoch is augmented twice
-    differently.
+    Subclasses say how to get image i as uint8 BGR and where its cell is
+    (`box`, image pixels; by default the stand-in box, whose view is the
+    whole image). The view is `cell_views(image, box, img_size, context)`;
+    an augmentation with a `jitter_box(box, rng)` method moves and rescales
+    the box first (scale and framing jitter through the same function), then
+    works on the view. With `augment`, the random draws come from a stream
+    fixed by (seed, stream, epoch, DataLoader worker), taken in the order the
+    items are asked for: set `stream` per process of a data-parallel run and
+    call `set_epoch` before each epoch's loader is iterated. An image drawn
+    twice in an epoch is augmented twice differently.
     """
 
     def __init__(self, labels: Sequence[int], img_size: int, norm: Normalisation,
-                 augment: Augmentation | None = None, seed: int = 0, stream: int = 0) -> None:
+                 augment: Augmentation | None = None, seed: int = 0, stream: int = 0,
+                 context: float = 1.0) -> None:
         self.labels = np.asarray(labels, np.int64)
         self.img_size = img_size
         self.norm = norm
         self.augment = augment
         self.seed = seed
         self.stream = stream
+        self.context = context
         self.epoch = 0
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
 
     def image(self, index: int) -> np.ndarray:
         raise NotImplementedError
+
+    def box(self, index: int, image: np.ndarray) -> np.ndarray:
+        """The cell's box in `image` (x0, y0, x1, y1)."""
+        return stand_in_box(image.shape, self.context)
 
     def set_epoch(self, epoch: int) -> None:
         """Start the epoch's random stream afresh."""
@@ -210,11 +221,18 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def view(self, index: int, size: int) -> np.ndarray:
+        """Image `index`'s cell view at `size`, augmented when the data set has an augmentation."""
         image = self.image(index)
-        if self.augment is not None:
-            image = self.augment(image, self._generator())
-        x = to_model_input(image[None], (self.img_size, self.img_size), self.norm)[0]
+        box = self.box(index, image)
+        rng = self._generator() if self.augment is not None else None
+        if rng is not None and hasattr(self.augment, "jitter_box"):
+            box = self.augment.jitter_box(box, rng)
+        view = cell_views(image, box[None], size, self.context)[0]
+        return self.augment(view, rng) if rng is not None else view
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = to_model_input(self.view(index, self.img_size)[None], None, self.norm)[0]
         return torch.from_numpy(x), int(self.labels[index])
 
     def _generator(self) -> np.random.Generator:
@@ -227,30 +245,44 @@ class CropDataset(Dataset):
 
 
 class FolderCrops(CropDataset):
-    """Images of a folder-per-class data set, read with OpenCV (BGR).
+    """Single-cell images of a folder-per-class data set, read with OpenCV (BGR).
 
+    `boxes` (N x 4, each image's own pixels) say where each image's cell is,
+    as `export.cell_boxes` finds it with the deployed detector; without them
+    every view is the whole image. `context` is the bundle's crop context.
     With `cache_side`, every image is decoded once, here, shrunk (area
-    interpolation) so that its longer side is at most `cache_side`, and kept
-    in memory: a CPU epoch then spends its time on the model instead of on
-    JPEG decoding and full-size augmentation. DataLoader workers forked
+    interpolation) so that its longer side is at most `cache_side`, its box
+    scaled with it, and kept in memory: a CPU epoch then spends its time on
+    the model instead of on JPEG decoding. DataLoader workers forked
     afterwards share the cache. Pick a side at least the largest input size
-    the images are fed at (the teacher's, when distilling).
+    the views are cut at (the teacher's, when distilling).
     """
 
     def __init__(self, root: str | os.PathLike, items: Sequence[tuple[str, int]], img_size: int,
                  norm: Normalisation, augment: Augmentation | None = None, seed: int = 0,
-                 stream: int = 0, cache_side: int | None = None) -> None:
-        super().__init__([label for _, label in items], img_size, norm, augment, seed, stream)
+                 stream: int = 0, cache_side: int | None = None, boxes: np.ndarray | None = None,
+                 context: float = 1.0) -> None:
+        super().__init__([label for _, label in items], img_size, norm, augment, seed, stream, context)
         self.root = Path(root)
         self.paths = [path for path, _ in items]
-        self.cache = None
+        if boxes is not None and len(boxes) != len(self.paths):
+            raise ValueError(f"{len(boxes)} boxes for {len(self.paths)} images")
+        self.boxes = None if boxes is None else np.asarray(boxes, np.float32)
+        self.cache = self.cache_scale = None
         if cache_side is not None:
             if cache_side < img_size:
                 raise ValueError(f"cache side {cache_side} is below the input size {img_size}")
-            self.cache = [shrink_to_side(self._read(i), cache_side) for i in range(len(self.paths))]
+            originals = (self._read(i) for i in range(len(self.paths)))
+            self.cache, self.cache_scale = zip(*(shrink_to_side(im, cache_side, with_scale=True)
+                                                 for im in originals))
 
     def image(self, index: int) -> np.ndarray:
         return self.cache[index] if self.cache is not None else self._read(index)
+
+    def box(self, index: int, image: np.ndarray) -> np.ndarray:
+        if self.boxes is None:
+            return super().box(index, image)
+        return self.boxes[index] * (self.cache_scale[index] if self.cache is not None else 1.0)
 
     def _read(self, index: int) -> np.ndarray:
         path = self.root / self.paths[index]
@@ -260,18 +292,20 @@ class FolderCrops(CropDataset):
         return image
 
 
-def shrink_to_side(image: np.ndarray, side: int) -> np.ndarray:
-    """`image` scaled down (area interpolation, aspect kept) so its longer side is at most `side`."""
+def shrink_to_side(image: np.ndarray, side: int, with_scale: bool = False):
+    """`image` scaled down (area interpolation, aspect kept) so its longer side is at most `side`;
+    with `with_scale`, (image, the factor applied)."""
     h, w = image.shape[:2]
     scale = side / max(h, w)
     if scale >= 1.0:
-        return image
+        return (image, 1.0) if with_scale else image
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return (small, size[0] / w) if with_scale else small
 
 
 class ArrayCrops(CropDataset):
-    """Crops held in memory as one uint8 BGR array (N, H, W, 3)."""
+    """Crops held in memory as one uint8 BGR array (N, H, W, 3); each view is the whole crop."""
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], img_size: int, norm: Normalisation,
                  augment: Augmentation | None = None, seed: int = 0, stream: int = 0) -> None:

@@ -42,11 +42,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from edge.bundle import sha256_file
+from edge.cell_view import cell_views, stand_in_box
 from edge.preprocess import Normalisation, to_model_input
 from export.augment import Augment
 from export.classifier_training import (BEST, LAST, ClassifierTrainConfig, _log_line, _resume, _save,
                                         evaluate, load_weights, lr_at, predict, start_epoch,
                                         update_centroids)
+from export.cell_boxes import cell_boxes_file, split_boxes
 from export.datasets import BalancedSampler, FolderCrops, ShardSampler, Split
 from export.models.classifier import CellClassifier, build_classifier
 from export.models.heads import _D_MAX, _D_MIN
@@ -76,7 +78,8 @@ def distillation_loss(d_student: torch.Tensor, d_teacher: torch.Tensor, labels: 
 
 
 class TwoSizeCrops(FolderCrops):
-    """(student input, teacher input, label): one augmented image, preprocessed at both sizes."""
+    """(student input, teacher input, label): one augmented cell view, as the teacher sees it and,
+    cut again by the same cell view at the student's size, as the student does."""
 
     def __init__(self, *args, teacher_size: int, cache_side: int | None = None, **kwargs) -> None:
         if cache_side is not None and cache_side < teacher_size:
@@ -85,11 +88,11 @@ class TwoSizeCrops(FolderCrops):
         self.teacher_size = teacher_size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image = self.image(index)
-        if self.augment is not None:
-            image = self.augment(image, self._generator())
-        views = [to_model_input(image[None], (s, s), self.norm)[0] for s in (self.img_size, self.teacher_size)]
-        return torch.from_numpy(views[0]), torch.from_numpy(views[1]), int(self.labels[index])
+        teacher_view = self.view(index, self.teacher_size)
+        whole = stand_in_box(teacher_view.shape, 1.0)
+        student_view = cell_views(teacher_view, whole[None], self.img_size, 1.0)[0]
+        x = [to_model_input(v[None], None, self.norm)[0] for v in (student_view, teacher_view)]
+        return torch.from_numpy(x[0]), torch.from_numpy(x[1]), int(self.labels[index])
 
 
 class IndexedCrops(FolderCrops):
@@ -201,12 +204,13 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
                      out_dir: str | os.PathLike, config: DistilConfig, *, arch: str = STUDENT_ARCH,
                      img_size: int = STUDENT_IMG_SIZE, teacher_checkpoint: str = BEST, workers: int = 2,
                      max_per_class: int | None = None, resume: bool = True, progress: bool = True,
-                     cache_side: int | None = None) -> tuple[CellClassifier, list[dict]]:
+                     cache_side: int | None = None, framing: Path | None = None) -> tuple[CellClassifier, list[dict]]:
     """Distil the teacher of run `teacher_run` into a new `arch` student on the teacher's own split.
 
     The split file must be the one the teacher was trained with, so that the
     student's calibration and validation cells were never trained on by either.
     `cache_side`: keep the images decoded in memory at that size (FolderCrops).
+    `framing`: the bundle whose detector frames each image's cell (export.cell_boxes).
     """
     teacher_run, out_dir = Path(teacher_run), Path(out_dir)
     teacher, teacher_meta = load_run_classifier(teacher_run, teacher_checkpoint)
@@ -225,24 +229,30 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
                         "img_size": teacher_meta["img_size"],
                         "targets": "fixed" if config.fixed_teacher_targets else "online"}}
     t_size = teacher_meta["img_size"]
+    boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
+    if framing is not None:
+        boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
+        meta["framing"] = {"bundle": str(framing), "crop_context": context, "found_by_detector": found}
+    framed = {"context": context}
     train_items = split.items("train")
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed)
 
     def plain(name: str, size: int) -> DataLoader:
         items = split.items(name)
-        return DataLoader(FolderCrops(data, items, size, norm, cache_side=cache_side), config.batch_size,
+        return DataLoader(FolderCrops(data, items, size, norm, cache_side=cache_side, boxes=boxes[name],
+                                      **framed), config.batch_size,
                           sampler=ShardSampler(len(items)), num_workers=workers)
 
     targets = None
     if config.fixed_teacher_targets:
         train_set = IndexedCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
-                                 cache_side=cache_side)
+                                 cache_side=cache_side, boxes=boxes["train"], **framed)
         key = {"teacher": meta["teacher"] | {"sha256": sha256_file(teacher_run / teacher_checkpoint)},
                "images": train_items, "cache_side": cache_side}
         targets = fixed_teacher_targets(teacher, plain("train", t_size), out_dir, key, torch.device("cpu"))
     else:
         train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
-                                 teacher_size=t_size, cache_side=cache_side)
+                                 teacher_size=t_size, cache_side=cache_side, boxes=boxes["train"], **framed)
     history = distil_classifier(
         teacher, student, DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=workers),
         config, calibration=plain("calibration", img_size), validation=plain("validation", img_size),

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from export.cli import _fractions
-from export.cli_options import add_cache_option, add_run_options
+from export.cli_options import add_cache_option, add_framing_option, add_run_options
 
 
 def add_distil_commands(sub) -> None:
@@ -36,6 +36,7 @@ def add_distil_commands(sub) -> None:
     dc.add_argument("--seed", type=int, default=0)
     dc.add_argument("--max-images-per-class", type=int, help="use at most about this many per class (quick runs)")
     add_cache_option(dc)
+    add_framing_option(dc)
     add_run_options(dc)
     dc.set_defaults(handler=_distil_classifier)
 
@@ -96,7 +97,7 @@ def _distil_classifier(args) -> int:
         args.teacher, args.data, args.split_file, args.out, config, arch=args.arch, img_size=args.img_size,
         teacher_checkpoint=args.teacher_checkpoint, workers=args.workers,
         max_per_class=args.max_images_per_class, resume=args.resume, progress=args.progress,
-        cache_side=args.cache_side)
+        cache_side=args.cache_side, framing=args.framing_bundle)
     chosen = best_checkpoint(args.out)
     state = load_weights(student.cpu(), chosen)
     student_onnx = export_onnx(student.eval(), args.img_size, args.out / "classifier.onnx", output_name="scores")
@@ -107,7 +108,7 @@ def _distil_classifier(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         teacher_onnx = export_onnx(teacher, teacher_meta["img_size"], Path(tmp) / "teacher.onnx")
         report = compare_classifiers(
-            {"teacher FP32": teacher_onnx, "student FP32": student_onnx}, SplitCells(args.data, split),
+            {"teacher FP32": teacher_onnx, "student FP32": student_onnx}, SplitCells(args.data, split, args.framing_bundle),
             Normalisation.from_dict(teacher_meta["normalisation"]), target_accuracy=args.target_accuracy,
             threads=args.threads)
     report["models"]["teacher FP32"]["file"] = f"{args.teacher}/{args.teacher_checkpoint}"

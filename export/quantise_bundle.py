@@ -89,7 +89,7 @@ def quantise_bundle(bundle: Path, data: Path, split_file: Path, out: Path, *, te
                              f"{list(split.class_names)} (in that order: they are the labels)")
     if max_per_class is not None:
         split = split.limited(max_per_class)
-    cells = SplitCells(data, split)
+    cells = SplitCells(data, split, source.root)
     norm = source.classifier.normalisation
     fp32 = source.model_path(source.classifier)
 

@@ -19,6 +19,7 @@ from calibration.thresholds import fit_threshold
 from edge.backends import open_runner
 from edge.decision import confidence_of
 from edge.preprocess import Normalisation, to_model_input
+from export.cell_boxes import find_cell_boxes
 from export.classifier_bundle import read_split_images
 from export.datasets import Split
 
@@ -54,15 +55,20 @@ def cells_per_second(path: Path, images: np.ndarray, norm: Normalisation, thread
 
 
 class SplitCells:
-    """The calibration and validation cells of a split, read once per input size."""
+    """The calibration and validation cells of a split, framed by bundle `framing`'s detector
+    (edge.cell_view), found once and cut once per input size."""
 
-    def __init__(self, data: Path, split: Split) -> None:
-        self.data, self.split = Path(data), split
+    def __init__(self, data: Path, split: Split, framing: Path) -> None:
+        self.data, self.split, self.framing = Path(data), split, Path(framing)
+        self._boxes: dict[str, np.ndarray] = {}
         self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._boxes:
+            self._boxes[name] = find_cell_boxes(self.data, [p for p, _ in self.split.items(name)], self.framing)[0]
         if (name, size) not in self._cache:
-            self._cache[name, size] = read_split_images(self.data, self.split, name, size)
+            self._cache[name, size] = read_split_images(self.data, self.split, name, size, self.framing,
+                                                        self._boxes[name])
         return self._cache[name, size]
 
 

@@ -1,6 +1,6 @@
 """Classifier data cut from synthetic fields exactly as the device cuts crops.
 
-Crops come from `edge.crops.crop_cells` around ground-truth boxes jittered like
+Crops come from `edge.cell_view.cell_views` around ground-truth boxes jittered like
 a detector's boxes, so the classifier trains on the view it will get on the
 device, border-cut cells and neighbours included.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.crops import crop_cells
+from edge.cell_view import cell_views
 from edge.synthetic import SmearConfig, render_field
 
 
@@ -32,7 +32,7 @@ def synthetic_cell_crops(n: int, size: int, context: float, seed: int,
         if len(field.boxes) == 0:
             continue
         boxes = _jitter(field.boxes, box_jitter, rng)
-        crops.append(crop_cells(field.image, boxes, size, context))
+        crops.append(cell_views(field.image, boxes, size, context))
         labels.append(field.labels)
         total += len(field.boxes)
     return np.concatenate(crops)[:n], np.concatenate(labels)[:n].astype(np.int64)

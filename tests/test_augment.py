@@ -176,3 +176,35 @@ def test_augment_fires_each_step_about_as_often_as_asked(cell):
 def test_light_augment_keeps_shape_and_dtype(cell):
     out = light_augment(cell, np.random.default_rng(0))
     assert out.shape == cell.shape and out.dtype == np.uint8
+
+
+def test_box_jitter_rescales_and_moves_about_the_centre():
+    from export.augment import jitter_box
+    box = np.array([10, 20, 30, 60], np.float32)
+    same = jitter_box(box, 1.0, (0.0, 0.0))
+    np.testing.assert_allclose(same, box)
+    wider = jitter_box(box, 1.5, (0.0, 0.0))
+    np.testing.assert_allclose(wider, [5, 10, 35, 70])
+    moved = jitter_box(box, 1.0, (0.1, -0.1))  # a tenth of the longer side (40 px)
+    np.testing.assert_allclose(moved, [14, 16, 34, 56])
+
+
+def test_augment_jitters_boxes_within_its_ranges():
+    from export.augment import Augment
+    aug = Augment(p_frame=1.0)
+    rng = np.random.default_rng(0)
+    box = np.array([0, 0, 100, 100], np.float32)
+    for _ in range(50):
+        b = aug.jitter_box(box, rng)
+        side = b[2] - b[0]
+        assert 80 - 1e-3 <= side <= 125 + 1e-3
+        centre = (b[:2] + b[2:]) / 2
+        assert np.all(np.abs(centre - 50) <= 8 + 1e-3)
+
+
+def test_noise_keeps_the_image_and_has_its_strength():
+    from export.augment import add_noise
+    image = np.full((64, 64, 3), 128, np.uint8)
+    noisy = add_noise(image, 5.0, np.random.default_rng(0))
+    assert noisy.dtype == np.uint8 and noisy.shape == image.shape
+    assert 4.0 < float(noisy.astype(np.float32).std()) < 6.0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge.cell_view import cell_views, stand_in_box
 from edge.preprocess import Normalisation, to_model_input
 from export.datasets import (SPLITS, ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, class_folders,
                              stratified_split)
@@ -102,15 +103,36 @@ def test_limited_split_is_a_per_class_subset(data, tmp_path):
         assert set(small.paths[s]) <= set(split.paths[s])
 
 
-def test_folder_dataset_gives_the_shared_preprocessing(data, tmp_path):
+def test_folder_dataset_gives_the_one_cell_view(data, tmp_path):
     split = stratified_split(data, tmp_path / "split.json")
     norm = Normalisation()
     items = split.items("validation")
-    dataset = FolderCrops(data, items, 16, norm)
-    x, y = dataset[0]
     image = cv2.imread(str(data / items[0][0]))
-    assert x.dtype == torch.float32 and x.shape == (3, 16, 16) and y == items[0][1]
-    np.testing.assert_array_equal(x.numpy(), to_model_input(image[None], (16, 16), norm)[0])
+    whole = stand_in_box(image.shape, 1.0)
+    assert x_equals(FolderCrops(data, items, 16, norm), image, whole, 1.0, norm, items[0][1])
+    box = np.array([3.0, 4.0, 13.0, 12.0], np.float32)
+    boxes = np.tile(box, (len(items), 1))
+    assert x_equals(FolderCrops(data, items, 16, norm, boxes=boxes, context=1.5), image, box, 1.5, norm,
+                    items[0][1])
+
+
+def test_cached_images_keep_their_boxes(data, tmp_path):
+    split = stratified_split(data, tmp_path / "split.json")
+    items = split.items("validation")
+    image = cv2.imread(str(data / items[0][0]))
+    h, w = image.shape[:2]
+    boxes = np.tile(np.array([0, 0, w, h], np.float32), (len(items), 1))
+    cached = FolderCrops(data, items, 4, Normalisation(), cache_side=max(h, w) // 2, boxes=boxes)
+    small = cached.image(0)
+    scale = small.shape[1] / w
+    np.testing.assert_allclose(cached.box(0, small), boxes[0] * scale, rtol=1e-6)
+
+
+def x_equals(dataset: FolderCrops, image: np.ndarray, box: np.ndarray, context: float, norm: Normalisation,
+             label: int) -> bool:
+    x, y = dataset[0]
+    expected = to_model_input(cell_views(image, box[None], 16, context), None, norm)[0]
+    return x.dtype == torch.float32 and y == label and np.array_equal(x.numpy(), expected)
 
 
 def test_cached_folder_dataset_holds_each_image_decoded_once_and_shrunk(tmp_path):
@@ -127,7 +149,8 @@ def test_cached_folder_dataset_holds_each_image_decoded_once_and_shrunk(tmp_path
     assert big.shape == (20, 30, 3)  # longer side 30, aspect kept
     assert small.shape == (20, 10, 3)  # never enlarged
     x, _ = dataset[0]
-    np.testing.assert_array_equal(x.numpy(), to_model_input(big[None], (16, 16), norm)[0])
+    view = cell_views(big, stand_in_box(big.shape, 1.0)[None], 16, 1.0)
+    np.testing.assert_array_equal(x.numpy(), to_model_input(view, None, norm)[0])
     with pytest.raises(ValueError, match="below the input size"):
         FolderCrops(root, items[1:], 16, norm, cache_side=8)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from edge.cell_view import cell_views
 from edge.preprocess import Normalisation, to_model_input
 from edge.synthetic_datasets import write_crop_folders
 from export.datasets import FolderCrops, Split, stratified_split
@@ -38,15 +39,19 @@ def test_loss_mixes_the_hard_label_and_the_teachers_kernel_values():
     assert distillation_loss(d_teacher, d_teacher, labels, 1.0) < distillation_loss(d_student, d_teacher, labels, 1.0)
 
 
-def test_two_size_views_are_one_image_through_the_device_preprocessing(tmp_path):
+def test_two_size_views_are_one_cell_view_cut_again(tmp_path):
     write_crop_folders(tmp_path, per_class=1, size=80, seed=1)
     items = [("neutrophil/synthetic_1_00000.png", 0)]
     norm = Normalisation()
-    x_student, x_teacher, label = TwoSizeCrops(tmp_path, items, 32, norm, teacher_size=48)[0]
+    box = np.array([[20.0, 22.0, 52.0, 50.0]], np.float32)
+    x_student, x_teacher, label = TwoSizeCrops(tmp_path, items, 32, norm, teacher_size=48, boxes=box,
+                                               context=1.5)[0]
     image = cv2.imread(str(tmp_path / items[0][0]))
+    teacher_view = cell_views(image, box, 48, 1.5)
+    student_view = cell_views(teacher_view[0], np.array([[0, 0, 48, 48]], np.float32), 32, 1.0)
     assert label == 0
-    np.testing.assert_array_equal(x_student.numpy(), to_model_input(image[None], (32, 32), norm)[0])
-    np.testing.assert_array_equal(x_teacher.numpy(), to_model_input(image[None], (48, 48), norm)[0])
+    np.testing.assert_array_equal(x_teacher.numpy(), to_model_input(teacher_view, None, norm)[0])
+    np.testing.assert_array_equal(x_student.numpy(), to_model_input(student_view, None, norm)[0])
 
 
 def test_two_size_cache_must_hold_the_teacher_size(tmp_path):

