@@ -106,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                          "the device frames detected cells as these images frame theirs")
     db.set_defaults(handler=_detector_bundle)
 
+    ch = sub.add_parser("compare-heads",
+                        help="CCL against softmax and ICP on the same network: accuracy, Rr, Ra, R on the validation split")
+    ch.add_argument("--run", type=Path, required=True, help="a CCL train-classifier or distil-classifier run folder")
+    ch.add_argument("--checkpoint", default="last.pt")
+    ch.add_argument("--data", type=Path, required=True, help="the folder per class the run trained on")
+    ch.add_argument("--split-file", type=Path, required=True, help="the run's split file")
+    ch.add_argument("--target-accuracy", type=float, default=0.99)
+    ch.add_argument("--json", type=Path, help="write the figures here too")
+    add_cache_option(ch)
+    add_framing_option(ch)
+    ch.set_defaults(handler=_compare_heads)
+
     mi = sub.add_parser("model-info", help="parameters and GFLOPs (multiply-adds) of a CrossFormer config")
     mi.add_argument("--arch", default="crossformer_t")
     mi.add_argument("--img-size", type=int, default=224)
@@ -187,6 +199,18 @@ def _train_detector(args) -> int:
     summary = train_detector_run(args.out, recipe, resume=args.resume, progress=args.progress,
                                  workers=args.workers, log=logging.getLogger("export.detector").info)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _compare_heads(args) -> int:
+    from export.head_comparison import compare_heads
+    result = compare_heads(args.run, args.data, args.split_file, args.framing_bundle, args.checkpoint,
+                           args.target_accuracy, args.cache_side)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text)
     return 0
 
 
