@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(det)
     det.set_defaults(handler=_cmd_eval_detect)
 
+    fld = ev_sub.add_parser("fields", help="labelled cells in whole fields (a CSV of file, class, box), "
+                                           "through detect, cell view, classify and decide")
+    _bundle_arg(fld)
+    fld.add_argument("--data", type=Path, required=True, help="the fields' folder (or its JPEGImages/)")
+    fld.add_argument("--labels", type=Path, required=True,
+                     help="CSV with columns file,class,xmin,ymin,xmax,ymax (and split), e.g. bccd/wbc_subtypes.csv")
+    fld.add_argument("--split", default=None, help="only the rows of this split")
+    fld.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    _runtime_args(fld)
+    fld.set_defaults(handler=_cmd_eval_fields)
+
     synth = sub.add_parser("synth", help="write synthetic smear data sets")
     synth_sub = synth.add_subparsers(title="what", metavar="WHAT")
     crops = synth_sub.add_parser("crops", help="single-cell crops, one folder per class")
@@ -282,6 +293,14 @@ def _cmd_eval_classify(args) -> int:
     from edge.evaluate import evaluate_classifier, read_split_file
     only = read_split_file(args.split_file, args.split) if args.split_file else None
     report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads, only=only)
+    _emit(report, args.json)
+    return 0
+
+
+def _cmd_eval_fields(args) -> int:
+    from edge.evaluate_fields import evaluate_field_cells
+    report = evaluate_field_cells(args.bundle, args.data, args.labels, split=args.split,
+                                  backend=args.backend, threads=args.threads)
     _emit(report, args.json)
     return 0
 
