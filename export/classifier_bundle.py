@@ -2,7 +2,8 @@
 
 The classifier is exported from the run's checkpoint; its reject threshold is
 fitted on the exported ONNX model's outputs over the run's calibration split;
-the detector and tiling come from an existing bundle.
+the detector, tiling (crop context included) and field quality limits come
+from an existing bundle, whose detector also frames every cell.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
                                                "validation": validation.to_dict()},
                                   classifier_sha256=sha256_file(onnx_path), rule=meta["head"],
                                   confidence=1 - fit.delta if fit.delta is not None else None),
-            tiling=detector_source.tiling,
+            tiling=detector_source.tiling, quality=detector_source.quality,
             provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
                         "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),
                         "detector_from": str(detector_source.root), "code_commit": git_commit(),
