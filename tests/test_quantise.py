@@ -11,7 +11,7 @@ from edge.preprocess import to_model_input
 from edge.synthetic import render_cell_crops
 from export.onnx_export import check_onnx
 from export.quantise import (QUANTISED_OPS, ImageCalibrationReader, convert_fp16, fold_constants, foldable_nodes,
-                             head_tail_nodes, quantise_int8)
+                             head_tail_nodes, input_convs, quantise_int8)
 from export.report import scores_of
 from tests.bundles import SYNTHETIC_BUNDLE
 
@@ -91,6 +91,15 @@ def test_int8_is_qdq_with_the_ccl_tail_in_fp32(int8_minmax, fp32):
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+def test_the_onnxruntime_int8_stem_stays_fp32(int8_minmax):
+    model = onnx.load(str(int8_minmax))
+    producers = _producers(model)
+    stem = [n for n in model.graph.node if n.name in set(input_convs(model))]
+    assert stem
+    for node in stem:  # the image and the weights reach the stem unquantised
+        assert all(i not in producers or producers[i].op_type != "DequantizeLinear" for i in node.input), node.name
+
+
 def _qdq_zero_points(model):
     """{node name: zero point array} of every QuantizeLinear and DequantizeLinear node."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -120,7 +129,9 @@ def test_the_tensorrt_twin_is_symmetric_int8_on_the_same_nodes(int8_twin, int8_m
         producers = _producers(model)
         return sorted(n.name for n in model.graph.node if n.op_type in QUANTISED_OPS
                       and any(producers[i].op_type == "DequantizeLinear" for i in n.input if i in producers))
-    assert quantised(twin) == quantised(u8) and len(quantised(twin)) > 10
+    stem = input_convs(u8)
+    assert stem  # the CrossFormer stem's convolutions read the image
+    assert quantised(twin) == sorted(quantised(u8) + stem) and len(quantised(twin)) > 10
     assert set(head_tail_nodes(twin)) == set(head_tail_nodes(u8))  # the CCL tail stays FP32 in both
 
 
