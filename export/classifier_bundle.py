@@ -91,6 +91,9 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
             tiling=detector_source.tiling, quality=detector_source.quality,
             provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
                         "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),
-                        "detector_from": str(detector_source.root), "code_commit": git_commit(),
+                        "detector_from": str(detector_source.root),
+                        "detector_provenance": detector_source.provenance,
+                        "code_commit": git_commit(),
                         "date": time.strftime("%Y-%m-%d"), "script": "edge export classifier-bundle"})
     return {"bundle": str(out), "threshold": fit.to_dict(), "validation": validation.to_dict()}
+
