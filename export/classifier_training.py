@@ -384,7 +384,7 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
     boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
     if framing is not None:
         boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
-        meta["framing"] = {"bundle": str(framing), "crop_context": context, "found_by_detector": found}
+        meta["framing"] = {"bundle": str(Path(framing).resolve()), "crop_context": context, "found_by_detector": found}
     pin = torch.cuda.is_available()
     train_items = split.items("train")
     train_set = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, stream=rank,

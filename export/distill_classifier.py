@@ -232,7 +232,7 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
     boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
     if framing is not None:
         boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
-        meta["framing"] = {"bundle": str(framing), "crop_context": context, "found_by_detector": found}
+        meta["framing"] = {"bundle": str(Path(framing).resolve()), "crop_context": context, "found_by_detector": found}
     framed = {"context": context}
     train_items = split.items("train")
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed)

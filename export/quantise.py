@@ -159,11 +159,11 @@ def quantise_int8(src: Path, dst: Path, reader: CalibrationDataReader, method: s
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(folded), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
-        # The U8S8 stem stays FP32: the image fills the whole uint8 range, and on x86 without VNNI the
-        # u8 x s8 pair sums saturate at 16 bits (vpmaddubsw) with a BN-folded stem's large weights; on
-        # EfficientNet-Lite0 that alone cost 7 points of argmax agreement. The symmetric twin has no
-        # such kernel and quantises it.
-        keep_fp32 = head_tail_nodes(model) + ([] if symmetric else input_convs(model))
+        # The stem stays FP32: the image fills the whole 8-bit range, and on x86 without VNNI the
+        # 8-bit pair sums saturate at 16 bits (vpmaddubsw) with a BN-folded stem's large weights; on
+        # EfficientNet-Lite0 that alone cost 7 points of argmax agreement (U8S8). The twin keeps it
+        # FP32 too, so that the two files quantise the same nodes and ONNX Runtime can check the twin.
+        keep_fp32 = head_tail_nodes(model) + input_convs(model)
         reader.rewind()
         with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print their progress
             quantize_static(
