@@ -90,3 +90,14 @@ def cell_boxes_file(split_file: Path) -> Path:
     """Where the boxes of a split's images are kept: beside its split file."""
     split_file = Path(split_file)
     return split_file.with_name(split_file.stem + "-cell-boxes.json")
+
+
+def framing_for(root: Path, split: Split, framing: Path | None, split_file: Path
+                ) -> tuple[dict[str, np.ndarray | None], float, dict | None]:
+    """What a training run frames its cells with: per split the boxes (None each without `framing`:
+    the views are whole images), the crop context, and the record for the run's meta (None without)."""
+    if framing is None:
+        return {name: None for name in ("train", "calibration", "validation")}, 1.0, None
+    boxes, context, found = split_boxes(Path(root), split, Path(framing), cell_boxes_file(split_file))
+    record = {"bundle": str(Path(framing).resolve()), "crop_context": context, "found_by_detector": found}
+    return boxes, context, record

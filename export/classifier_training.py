@@ -37,7 +37,7 @@ from calibration.thresholds import fit_threshold
 from edge.decision import confidence_of
 from edge.preprocess import Normalisation
 from export.augment import Augment, light_augment
-from export.cell_boxes import cell_boxes_file, split_boxes
+from export.cell_boxes import framing_for
 from export.datasets import ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, stratified_split
 from export.models.classifier import CellClassifier, HeadKind, build_classifier
 from export.models.heads import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_PUSH_BOUND, CCLHead, ccl_loss
@@ -381,10 +381,9 @@ def train_on_folder(data: str | os.PathLike, out_dir: str | os.PathLike, config:
     model = build_classifier(arch, img_size, len(split.class_names), head, pretrained=pretrained)
     meta = {"arch": arch, "img_size": img_size, "head": head, "class_names": list(split.class_names),
             "normalisation": norm.to_dict()}
-    boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
-    if framing is not None:
-        boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
-        meta["framing"] = {"bundle": str(Path(framing).resolve()), "crop_context": context, "found_by_detector": found}
+    boxes, context, framed_by = framing_for(Path(data), split, framing, Path(split_file))
+    if framed_by is not None:
+        meta["framing"] = framed_by
     pin = torch.cuda.is_available()
     train_items = split.items("train")
     train_set = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed, stream=rank,

@@ -48,7 +48,7 @@ from export.augment import Augment
 from export.classifier_training import (BEST, LAST, ClassifierTrainConfig, _log_line, _resume, _save,
                                         evaluate, load_weights, lr_at, predict, start_epoch,
                                         update_centroids)
-from export.cell_boxes import cell_boxes_file, split_boxes
+from export.cell_boxes import framing_for
 from export.datasets import BalancedSampler, FolderCrops, ShardSampler, Split
 from export.models.classifier import CellClassifier, build_classifier
 from export.models.heads import _D_MAX, _D_MIN
@@ -229,10 +229,9 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
                         "img_size": teacher_meta["img_size"],
                         "targets": "fixed" if config.fixed_teacher_targets else "online"}}
     t_size = teacher_meta["img_size"]
-    boxes, context = {name: None for name in ("train", "calibration", "validation")}, 1.0
-    if framing is not None:
-        boxes, context, found = split_boxes(Path(data), split, Path(framing), cell_boxes_file(split_file))
-        meta["framing"] = {"bundle": str(Path(framing).resolve()), "crop_context": context, "found_by_detector": found}
+    boxes, context, framed_by = framing_for(Path(data), split, framing, Path(split_file))
+    if framed_by is not None:
+        meta["framing"] = framed_by
     framed = {"context": context}
     train_items = split.items("train")
     sampler = BalancedSampler([label for _, label in train_items], seed=config.seed)
