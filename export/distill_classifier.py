@@ -1,13 +1,18 @@
-"""Distilling a CrossFormer-CCL teacher into a small CrossFormer-CCL student.
+"""Distilling a CCL teacher into a small CrossFormer-CCL student.
 
-Each batch, the same augmented cell is shown to the teacher at its input size
-and to the student at its own, both through edge's shared preprocessing. With
-fixed teacher targets, the teacher sees each training image once instead,
-un-augmented, before the first epoch (kept in OUT/teacher_targets.npz for a
-resumed run), and the student's augmented views of an image all learn that
-one D vector: the teacher's forward pass is most of a CPU epoch's cost
-(a CrossFormer-T at 96 px against a 64 px student), so epochs run several
-times faster, at the price of targets that do not follow the augmentation.
+Each training example is one augmented cell view, shown to the teacher at its
+input size and, cut again by the same cell view, to the student at its own.
+The teacher's targets come one of two ways:
+
+- online: the teacher runs on every batch's views. Its forward pass is about
+  half of a CPU step (Lite0 at 128 px against a 64 px student).
+- cached (`teacher_views` = K): before the first epoch, K augmented views of
+  every training image are made (seeded) and the teacher's D computed on each,
+  kept in OUT/teacher_views.npz for a resumed run. Every epoch the student
+  draws one of an image's K views, turned by one of the eight flips and
+  quarter turns (a cell on a slide has no up or left; the teacher's D is the
+  same for them), so teacher and student still see the same augmented view
+  and an epoch costs only the student's step.
 
 - Stage I: gradient on the student's backbone and W. The loss is CCL's binary
   cross-entropy over the kernel outputs D, against a target that mixes the
@@ -38,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from edge.bundle import sha256_file
@@ -62,9 +67,19 @@ STUDENT_IMG_SIZE = 64
 @dataclass(frozen=True)
 class DistilConfig(ClassifierTrainConfig):
     soft_weight: float = 0.5  # a: the teacher's share of the target; 1 - a is the hard label's
-    fixed_teacher_targets: bool = False  # the teacher's D of each un-augmented image, computed once
+    teacher_views: int = 0  # K > 0: K cached augmented views per image with the teacher's D; 0: online
+    # lr rises linearly from 0 over these first epochs, step by step: a transformer from random
+    # weights diverged at the full rate from the first step (the 20-epoch run's collapse at epoch 7)
+    warmup_epochs: float = 1.0
 
-TEACHER_TARGETS = "teacher_targets.npz"
+
+def warmup_factor(config: DistilConfig, epoch: int, step: int, steps: int) -> float:
+    """The share of the epoch's learning rate at `step` of `steps` in 0-based `epoch`."""
+    if config.warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch + (step + 1) / steps) / config.warmup_epochs)
+
+TEACHER_VIEWS = "teacher_views.npz"
 
 
 def distillation_loss(d_student: torch.Tensor, d_teacher: torch.Tensor, labels: torch.Tensor,
@@ -95,34 +110,81 @@ class TwoSizeCrops(FolderCrops):
         return torch.from_numpy(x[0]), torch.from_numpy(x[1]), int(self.labels[index])
 
 
-class IndexedCrops(FolderCrops):
-    """(student input, image index, label): for teacher targets looked up per image."""
+class CachedTeacherViews(Dataset):
+    """(student input, the teacher's D, label) from K cached augmented views per image.
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        x, label = super().__getitem__(index)
-        return x, index, label
+    `views` (K, N, S, S, 3) are the student's uint8 BGR views, `targets`
+    (K, N, C) the teacher's D on the same views at its own size. Item i is
+    one of its K views drawn at random, under one of the eight flips and
+    quarter turns; the draws are fixed by (seed, epoch, worker) like the
+    augmentation of export.datasets.CropDataset.
+    """
+
+    def __init__(self, views: np.ndarray, targets: np.ndarray, labels: np.ndarray, norm: Normalisation,
+                 seed: int = 0) -> None:
+        if views.shape[:2] != targets.shape[:2] or views.shape[1] != len(labels):
+            raise ValueError(f"views {views.shape[:2]}, targets {targets.shape[:2]} and {len(labels)} labels disagree")
+        self.views, self.targets, self.labels = views, targets, np.asarray(labels, np.int64)
+        self.norm, self.seed = norm, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._rng_key = epoch, None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rng = self._generator()
+        k, turn = int(rng.integers(len(self.views))), int(rng.integers(8))
+        view = np.rot90(self.views[k, index], turn % 4)
+        if turn >= 4:
+            view = view[:, ::-1]
+        x = to_model_input(np.ascontiguousarray(view)[None], None, self.norm)[0]
+        return torch.from_numpy(x), torch.from_numpy(self.targets[k, index]), int(self.labels[index])
+
+    def _generator(self) -> np.random.Generator:
+        info = get_worker_info()
+        key = (self.epoch, info.id + 1 if info is not None else 0)
+        if key != self._rng_key:
+            self._rng, self._rng_key = np.random.default_rng([self.seed, 1, *key]), key
+        return self._rng
 
 
-def fixed_teacher_targets(teacher: CellClassifier, images: DataLoader, out_dir: Path, key: dict,
-                          device: torch.device) -> torch.Tensor:
-    """The teacher's D (N, C) for `images` (in order, un-augmented), from OUT/teacher_targets.npz
-    when that file was made for the same `key` (teacher checkpoint and images), else computed and saved."""
-    path = out_dir / TEACHER_TARGETS
+def make_teacher_views(teacher: CellClassifier, images: FolderCrops, count: int, teacher_size: int,
+                       out_dir: Path, key: dict, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """`count` augmented views of every image of `images` at its input size (K, N, S, S, 3) and the
+    teacher's D on each (K, N, C): view k is `images`' augmentation at epoch k, cut at the teacher's
+    size and cut again at the student's. Read from OUT/teacher_views.npz when that file was made for
+    the same `key`, else made and saved there."""
+    path = out_dir / TEACHER_VIEWS
     key_json = json.dumps(key, sort_keys=True)
     if path.is_file():
         with np.load(path) as saved:
             if str(saved["key"]) == key_json:
-                log.info("teacher targets from %s", path)
-                return torch.from_numpy(saved["targets"])
-        log.info("teacher targets in %s are for another teacher or split; computing them again", path)
+                log.info("teacher views from %s", path)
+                return saved["views"], saved["targets"]
+        log.info("teacher views in %s are for another teacher, split or count; making them again", path)
     started = time.perf_counter()
-    targets = predict(teacher, images, device)[0].astype(np.float32)
+    n, size = len(images), images.img_size
+    views = np.zeros((count, n, size, size, 3), np.uint8)
+    targets = np.zeros((count, n, teacher.num_classes), np.float32)
+    teacher.eval()
+    for k in range(count):
+        images.set_epoch(k)
+        for first in range(0, n, batch_size):
+            batch = [images.view(i, teacher_size) for i in range(first, min(first + batch_size, n))]
+            whole = stand_in_box(batch[0].shape, 1.0)[None]
+            views[k, first:first + len(batch)] = [cell_views(v, whole, size, 1.0)[0] for v in batch]
+            with torch.no_grad():
+                d = teacher(torch.from_numpy(to_model_input(np.stack(batch), None, images.norm)))
+            targets[k, first:first + len(batch)] = d.numpy()
+        log.info("teacher views: set %d of %d, %.0f s", k + 1, count, time.perf_counter() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, targets=targets, key=np.array(key_json))
+    np.savez(tmp, views=views, targets=targets, key=np.array(key_json))
     os.replace(tmp, path)
-    log.info("teacher targets for %d images in %.0f s", len(targets), time.perf_counter() - started)
-    return torch.from_numpy(targets)
+    return views, targets
 
 
 def load_run_classifier(run: Path, checkpoint: str = BEST) -> tuple[CellClassifier, dict]:
@@ -145,13 +207,12 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
                       config: DistilConfig, *, calibration: DataLoader, validation: DataLoader,
                       teacher_validation: DataLoader, out_dir: str | os.PathLike, meta: dict,
                       resume: bool = True, device: torch.device | None = None,
-                      progress: bool = True, teacher_targets: torch.Tensor | None = None) -> list[dict]:
+                      progress: bool = True) -> list[dict]:
     """Train `student` from `teacher` for `config.epochs` epochs in all; one log dict per epoch.
 
-    `train` yields (student input, teacher input, label), or with
-    `teacher_targets` (the teacher's D per training image) (student input,
-    image index, label). `validation` and `teacher_validation` hold the same
-    images in the same order at the two sizes.
+    `train` yields (student input, teacher input, label), or, with cached
+    views, (student input, the teacher's D, label). `validation` and
+    `teacher_validation` hold the same images in the same order at the two sizes.
     """
     if teacher.head_kind != "ccl" or student.head_kind != "ccl":
         raise ValueError("distillation needs a CCL teacher and a CCL student (the D vectors are the soft targets)")
@@ -169,14 +230,17 @@ def distil_classifier(teacher: CellClassifier, student: CellClassifier, train: D
         start_epoch(optimiser, train, config, epoch)
         student.train()
         loss_sum, correct, n = 0.0, 0, 0
-        for x, teacher_view, y in tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                                       disable=not progress):
+        epoch_lr = lr_at(config, epoch)
+        batches = tqdm(train, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
+        for step, (x, teacher_input, y) in enumerate(batches):
+            for group in optimiser.param_groups:
+                group["lr"] = epoch_lr * warmup_factor(config, epoch, step, len(train))
             x, y = x.to(device), y.to(device)
-            if teacher_targets is not None:
-                d_teacher = teacher_targets[teacher_view].to(device)
+            if teacher_input.ndim == 2:  # cached: the teacher's D itself
+                d_teacher = teacher_input.to(device)
             else:
                 with torch.no_grad():
-                    d_teacher = teacher(teacher_view.to(device))
+                    d_teacher = teacher(teacher_input.to(device))
             d = student.head(student.features(x))
             loss = distillation_loss(d, d_teacher, y, config.soft_weight)
             optimiser.zero_grad(set_to_none=True)
@@ -227,7 +291,7 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
             "normalisation": norm.to_dict(),
             "teacher": {"run": str(teacher_run), "checkpoint": teacher_checkpoint, "arch": teacher_meta["arch"],
                         "img_size": teacher_meta["img_size"],
-                        "targets": "fixed" if config.fixed_teacher_targets else "online"}}
+                        "targets": f"{config.teacher_views} cached views" if config.teacher_views else "online"}}
     t_size = teacher_meta["img_size"]
     boxes, context, framed_by = framing_for(Path(data), split, framing, Path(split_file))
     if framed_by is not None:
@@ -242,13 +306,14 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
                                       **framed), config.batch_size,
                           sampler=ShardSampler(len(items)), num_workers=workers)
 
-    targets = None
-    if config.fixed_teacher_targets:
-        train_set = IndexedCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
-                                 cache_side=cache_side, boxes=boxes["train"], **framed)
+    if config.teacher_views:
+        augmented = FolderCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
+                                cache_side=cache_side, boxes=boxes["train"], **framed)
         key = {"teacher": meta["teacher"] | {"sha256": sha256_file(teacher_run / teacher_checkpoint)},
-               "images": train_items, "cache_side": cache_side}
-        targets = fixed_teacher_targets(teacher, plain("train", t_size), out_dir, key, torch.device("cpu"))
+               "images": train_items, "framing": meta.get("framing"), "cache_side": cache_side,
+               "views": config.teacher_views, "seed": config.seed, "sizes": [t_size, img_size]}
+        views, targets = make_teacher_views(teacher, augmented, config.teacher_views, t_size, out_dir, key)
+        train_set = CachedTeacherViews(views, targets, augmented.labels, norm, seed=config.seed)
     else:
         train_set = TwoSizeCrops(data, train_items, img_size, norm, Augment(), seed=config.seed,
                                  teacher_size=t_size, cache_side=cache_side, boxes=boxes["train"], **framed)
@@ -256,7 +321,7 @@ def distil_on_folder(teacher_run: str | os.PathLike, data: str | os.PathLike, sp
         teacher, student, DataLoader(train_set, config.batch_size, sampler=sampler, num_workers=workers),
         config, calibration=plain("calibration", img_size), validation=plain("validation", img_size),
         teacher_validation=plain("validation", t_size), out_dir=out_dir, meta=meta, resume=resume,
-        progress=progress, teacher_targets=targets)
+        progress=progress)
     return student, history
 
 

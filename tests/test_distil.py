@@ -13,10 +13,12 @@ from torch.utils.data import DataLoader
 from edge.cell_view import cell_views
 from edge.preprocess import Normalisation, to_model_input
 from edge.synthetic_datasets import write_crop_folders
+from export.augment import Augment
 from export.datasets import FolderCrops, Split, stratified_split
 from export.classifier_training import predict
-from export.distill_classifier import (DistilConfig, IndexedCrops, TwoSizeCrops, distil_classifier,
-                                       distil_on_folder, distillation_loss, load_run_classifier)
+from export.distill_classifier import (CachedTeacherViews, DistilConfig, TwoSizeCrops, distil_classifier,
+                                       distil_on_folder, distillation_loss, load_run_classifier,
+                                       warmup_factor)
 from export.models.classifier import build_classifier
 from export.models.heads import ccl_loss
 
@@ -37,6 +39,13 @@ def test_loss_mixes_the_hard_label_and_the_teachers_kernel_values():
     assert torch.isfinite(d_student.grad).all() and d_student.grad.abs().sum() > 0
     # the student that copies the teacher minimises the soft part
     assert distillation_loss(d_teacher, d_teacher, labels, 1.0) < distillation_loss(d_student, d_teacher, labels, 1.0)
+
+
+def test_warmup_raises_the_rate_linearly_step_by_step_then_holds():
+    config = DistilConfig(warmup_epochs=2.0)
+    factors = [warmup_factor(config, epoch, step, 4) for epoch in range(3) for step in range(4)]
+    np.testing.assert_allclose(factors, [1 / 8, 2 / 8, 3 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 1, 1, 1, 1, 1])
+    assert warmup_factor(DistilConfig(warmup_epochs=0), 0, 0, 4) == 1.0
 
 
 def test_two_size_views_are_one_cell_view_cut_again(tmp_path):
@@ -118,7 +127,7 @@ def test_the_distillation_loss_falls_over_a_tiny_run(teacher_run, tmp_path):
                                                  ("teacher_validation", "validation", 48))}
     torch.manual_seed(0)
     student = build_classifier("crossformer_tiny_test", 32, len(split.class_names))
-    config = DistilConfig(epochs=5, lr=3e-3, lr_drops=(0.9, 0.95), soft_weight=0.5)
+    config = DistilConfig(epochs=5, lr=3e-3, lr_drops=(0.9, 0.95), soft_weight=0.5, warmup_epochs=0)
     history = distil_classifier(teacher, student, train, config, out_dir=tmp_path, meta=meta | {"img_size": 32},
                                 progress=False, **evaluation)
     losses = [e["loss"] for e in history]
@@ -142,34 +151,66 @@ def test_refuses_a_split_of_other_classes_and_a_softmax_teacher(teacher_run, tmp
                          arch="crossformer_tiny_test", img_size=32)
 
 
-def test_fixed_teacher_targets_are_the_teachers_d_computed_once_and_reused(teacher_run, caplog):
+def test_cached_teacher_views_hold_the_teachers_d_on_each_view_and_are_reused(teacher_run, caplog):
     root, data = teacher_run
-    out = root / "student-fixed"
-    config = DistilConfig(epochs=1, batch_size=8, lr=3e-3, soft_weight=0.5, fixed_teacher_targets=True)
+    out = root / "student-cached"
+    config = DistilConfig(epochs=1, batch_size=8, lr=3e-3, soft_weight=0.5, teacher_views=2)
     kwargs = dict(arch="crossformer_tiny_test", img_size=32, workers=0, progress=False)
     with caplog.at_level(logging.INFO, logger="export.distil"):
         _, history = distil_on_folder(root / "teacher", data, root / "split.json", out, config, **kwargs)
-    assert "teacher targets for" in caplog.text and len(history) == 1
+    assert "teacher views: set 2 of 2" in caplog.text and len(history) == 1
     split = Split.from_json(json.loads((root / "split.json").read_text()))
     teacher, _ = load_run_classifier(root / "teacher")
-    plain = DataLoader(FolderCrops(data, split.items("train"), 48, Normalisation()), batch_size=8)
-    with np.load(out / "teacher_targets.npz") as saved:
-        np.testing.assert_allclose(saved["targets"], predict(teacher, plain, torch.device("cpu"))[0], rtol=1e-5)
-    assert load_run_classifier(out, "last.pt")[1]["teacher"]["targets"] == "fixed"
+    augmented = FolderCrops(data, split.items("train"), 32, Normalisation(), Augment(), seed=config.seed)
+    with np.load(out / "teacher_views.npz") as saved:
+        views, targets = saved["views"], saved["targets"]
+    assert views.shape[:3] == (2, len(augmented), 32) and targets.shape == (2, len(augmented), teacher.num_classes)
+    for k in range(2):  # view k is the augmentation of epoch k, the teacher's D computed on it
+        augmented.set_epoch(k)
+        teacher_views = np.stack([augmented.view(i, 48) for i in range(len(augmented))])
+        whole = np.array([[0, 0, 48, 48]], np.float32)
+        np.testing.assert_array_equal(views[k], [cell_views(v, whole, 32, 1.0)[0] for v in teacher_views])
+        with torch.no_grad():
+            d = teacher(torch.from_numpy(to_model_input(teacher_views, None, Normalisation()))).numpy()
+        np.testing.assert_allclose(targets[k], d, rtol=1e-4, atol=1e-6)
+    assert not np.array_equal(views[0], views[1])
+    assert load_run_classifier(out, "last.pt")[1]["teacher"]["targets"] == "2 cached views"
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="export.distil"):
         distil_on_folder(root / "teacher", data, root / "split.json", out,
                          DistilConfig(**{**config.__dict__, "epochs": 2}), **kwargs)
-    assert "teacher targets from" in caplog.text  # the resumed run reads them back
-    with pytest.raises(ValueError, match="checkpoint"):  # online targets cannot resume a fixed-target run
+    assert "teacher views from" in caplog.text  # the resumed run reads them back
+    with pytest.raises(ValueError, match="checkpoint"):  # online targets cannot resume a cached-view run
         distil_on_folder(root / "teacher", data, root / "split.json", out,
-                         DistilConfig(**{**config.__dict__, "epochs": 3, "fixed_teacher_targets": False}), **kwargs)
+                         DistilConfig(**{**config.__dict__, "epochs": 3, "teacher_views": 0}), **kwargs)
 
 
-def test_indexed_crops_give_the_plain_crop_with_its_index(tmp_path):
-    write_crop_folders(tmp_path, per_class=2, size=40, seed=1)
-    items = [("neutrophil/synthetic_1_00000.png", 0), ("neutrophil/synthetic_1_00001.png", 0)]
-    x, index, label = IndexedCrops(tmp_path, items, 32, Normalisation())[1]
-    assert (index, label) == (1, 0)
-    np.testing.assert_array_equal(x.numpy(), FolderCrops(tmp_path, items, 32, Normalisation())[1][0].numpy())
+def test_a_cached_view_is_one_of_the_k_views_turned_or_flipped_with_its_own_target():
+    rng = np.random.default_rng(0)
+    views = rng.integers(0, 256, (3, 4, 8, 8, 3), dtype=np.uint8)
+    targets = rng.random((3, 4, 5), dtype=np.float32)
+    data = CachedTeacherViews(views, targets, np.array([0, 1, 2, 3]), Normalisation((0, 0, 0), (1, 1, 1)), seed=1)
+    seen = set()
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        x, d, label = data[2]
+        image = np.clip(np.rint(x.numpy().transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)[..., ::-1]
+        matches = [(k, turn) for k in range(3) for turn in range(8)
+                   if np.array_equal(image, _turned(views[k, 2], turn))]
+        assert matches and label == 2
+        k = matches[0][0]
+        np.testing.assert_array_equal(d.numpy(), targets[k, 2])
+        seen |= {m[1] for m in matches}
+    assert len(seen) > 1
+    data.set_epoch(3)
+    first = data[1][0]
+    data.set_epoch(3)
+    np.testing.assert_array_equal(data[1][0], first)  # fixed by (seed, epoch)
+    with pytest.raises(ValueError, match="disagree"):
+        CachedTeacherViews(views, targets[:, :3], np.arange(4), Normalisation())
+
+
+def _turned(view: np.ndarray, turn: int) -> np.ndarray:
+    turned = np.rot90(view, turn % 4)
+    return turned[:, ::-1] if turn >= 4 else turned
