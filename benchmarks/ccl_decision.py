@@ -18,10 +18,10 @@ import time
 import numpy as np
 
 from edge import DEFAULT_BUNDLE
-from edge.bundle import load_bundle
-from edge.engine import CellCounter, run_batched
-from edge.preprocess import to_model_input
-from edge.synthetic import render_cell_crops
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter, run_batched
+from edge.runtime.preprocess import to_model_input
+from edge.synthetic.smear import render_cell_crops
 
 TARGET_SHARE = 0.03
 

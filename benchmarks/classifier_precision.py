@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends import open_runner
-from edge.bundle import load_bundle
-from edge.preprocess import to_model_input
+from edge.runtime.backends import open_runner
+from edge.runtime.bundle import load_bundle
+from edge.runtime.preprocess import to_model_input
 from export.datasets import Split
 from export.report import SplitCells, compare_classifiers
 

@@ -24,12 +24,12 @@ import torch
 from benchmarks.naive_pipeline import (CLASSIFIER_CHECKPOINT, DETECTOR_CHECKPOINT, NaivePipeline,
                                        load_classifier)
 from benchmarks.tiled_vs_naive import bundle_with, load_detector
-from edge.bench_pipeline import STAGES, StageClock, StagedCounter
-from edge.bundle import load_bundle, write_bundle
-from edge.synthetic import SmearConfig, render_field
-from edge.tally import Tally
+from edge.bench.pipeline import STAGES, StageClock, StagedCounter
+from edge.runtime.bundle import load_bundle, write_bundle
+from edge.synthetic.smear import SmearConfig, render_field
+from edge.counting.tally import Tally
 from export.onnx_export import export_onnx
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 def engine_bundle(detector: torch.nn.Module, classifier: torch.nn.Module, folder: Path) -> Path:

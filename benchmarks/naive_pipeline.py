@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from benchmarks.tiled_vs_naive import naive_detect
-from edge.bundle import Bundle
-from edge.cell_view import cell_views
-from edge.decision import Decisions, RejectRule
-from edge.preprocess import to_model_input
+from edge.runtime.bundle import Bundle
+from edge.runtime.cell_view import cell_views
+from edge.runtime.decision import Decisions, RejectRule
+from edge.runtime.preprocess import to_model_input
 from export.models.classifier import build_classifier
 
 # The torch checkpoints the synthetic bundle (tests.bundles.SYNTHETIC_BUNDLE) was exported from

@@ -15,8 +15,8 @@ import time
 import cv2
 import numpy as np
 
-from edge.quality import QualityGate
-from edge.synthetic import SmearConfig, render_field
+from edge.runtime.quality import QualityGate
+from edge.synthetic.smear import SmearConfig, render_field
 
 TARGET_MS = 5.0
 

@@ -18,13 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edge.frames import Frame
-from edge.runloop import run_session
-from edge.sources import FrameSource
-from edge.synthetic import SmearConfig, render_field
+from edge.runtime.frames import Frame
+from edge.counting.runloop import run_session
+from edge.counting.sources import FrameSource
+from edge.synthetic.smear import SmearConfig, render_field
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
-from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
+from tests.helpers import SYNTHETIC_BUNDLE  # noqa: E402
 
 
 class MemorySource(FrameSource):

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
-from tests.test_reliability_faults import (  # noqa: E402
+from tests.helpers import SYNTHETIC_BUNDLE  # noqa: E402
+from tests.helpers import (  # noqa: E402
     EDGE, assert_same_as_uninterrupted, kill_and_resume, session_state)
 
 MARK_START, MARK_END = "<!-- reliability-figures:start -->", "<!-- reliability-figures:end -->"

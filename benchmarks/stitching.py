@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.tiling import TileGrid, make_grid, stitch
+from edge.runtime.bundle import load_bundle
+from edge.runtime.tiling import TileGrid, make_grid, stitch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
-from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
+from tests.helpers import SYNTHETIC_BUNDLE  # noqa: E402
 
 WIDTH, HEIGHT = 4096, 3000
 SLOTS = 100

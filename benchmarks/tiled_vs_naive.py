@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from edge.bundle import load_bundle, write_bundle
-from edge.engine import CellCounter
-from edge.synthetic import SmearConfig, render_field
-from edge.tiling import cut_tiles, make_grid
+from edge.runtime.bundle import load_bundle, write_bundle
+from edge.runtime.engine import CellCounter
+from edge.synthetic.smear import SmearConfig, render_field
+from edge.runtime.tiling import cut_tiles, make_grid
 from export.models.detector import DecodedDetector, build_detector
 from export.onnx_export import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the tests package
-from tests.bundles import SYNTHETIC_BUNDLE  # noqa: E402
+from tests.helpers import SYNTHETIC_BUNDLE  # noqa: E402
 
 
 def load_detector(checkpoint: Path) -> torch.nn.Module:

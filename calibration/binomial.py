@@ -108,6 +108,21 @@ def clopper_pearson_upper(errors, n, delta: float) -> np.ndarray:
     return out
 
 
+def clopper_pearson_interval(k, n: int, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided exact (Clopper-Pearson) interval of a binomial proportion: (lower, upper) for each
+    entry of `k` successes in `n` trials, as fractions. The true proportion lies inside with
+    probability at least `level`; each side is a one-sided bound at (1 - level) / 2, with the
+    lower bound 0 at k = 0 and the upper 1 at k = n. These are the exact limits that Rumke tabulated
+    for manual differentials and that CLSI H20 uses. With n = 0 nothing is known: [0, 1]."""
+    k = np.asarray(k, dtype=np.int64)
+    if n == 0:
+        return np.zeros(k.shape), np.ones(k.shape)
+    tail = (1.0 - level) / 2.0
+    upper = np.where(k == n, 1.0, clopper_pearson_upper(np.minimum(k, n - 1), n, tail))
+    lower = np.where(k == 0, 0.0, 1.0 - clopper_pearson_upper(np.minimum(n - k, n - 1), n, tail))
+    return lower, upper
+
+
 def _bisect_upper(k: np.ndarray, n: np.ndarray, delta: float) -> np.ndarray:
     """The p in (0, 1) with binomial_cdf(k, n, p) == delta (the CDF falls as p grows)."""
     lo = np.zeros(k.shape)

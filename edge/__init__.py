@@ -7,9 +7,9 @@
 """
 from pathlib import Path
 
-from edge.bundle import Bundle, BundleError, load_bundle
-from edge.engine import CellCounter, FieldResult
-from edge.sources import open_source
+from edge.runtime.bundle import Bundle, BundleError, load_bundle
+from edge.runtime.engine import CellCounter, FieldResult
+from edge.counting.sources import open_source
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 

@@ -19,7 +19,7 @@ class UserError(Exception):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # argparse's REMAINDER refuses a leading --option: edge-bench parses its own
-        from edge.bench import main as bench_main
+        from edge.bench.cli import main as bench_main
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe a user's mistake or a bad input, not a bug: one line, no traceback."""
-    from edge.bundle import BundleError
-    from edge.display import DisplayError
-    from edge.calibrate import CalibrationError
-    from edge.detection_data import DatasetError
-    from edge.evaluate import EvalDataError
+    from edge.runtime.bundle import BundleError
+    from edge.counting.display import DisplayError
+    from edge.evaluation.calibrate import CalibrationError
+    from edge.evaluation.detection_data import DatasetError
+    from edge.evaluation.evaluate import EvalDataError
     from edge.review import ReviewError
-    from edge.session import SessionError
-    from edge.sources import SourceError
+    from edge.counting.session import SessionError
+    from edge.counting.sources import SourceError
     return (BundleError, CalibrationError, DatasetError, DisplayError, EvalDataError, ReviewError, SessionError, SourceError, OSError)
 
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="latency profiling (same as edge-bench)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=lambda a: __import__("edge.bench", fromlist=["main"]).main(a.rest))
+    bench.set_defaults(handler=lambda a: __import__("edge.bench.cli", fromlist=["main"]).main(a.rest))
 
     review = sub.add_parser("review", help="expert review of rejected cells: export an archive, import labels")
     review_sub = review.add_subparsers(title="what", metavar="WHAT")
@@ -246,7 +246,7 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args) -> int:
-    from edge.runloop import run_session
+    from edge.counting.runloop import run_session
     if args.resume and args.out is None:
         raise UserError("--resume needs the session folder: --out DIR")
     results = run_session(None if args.resume and args.bundle == DEFAULT_BUNDLE else args.bundle,
@@ -261,7 +261,7 @@ def _cmd_run(args) -> int:
 
 
 def _quality_overrides(args) -> dict:
-    from edge.quality import parse_override
+    from edge.runtime.quality import parse_override
     try:
         overrides = dict(parse_override(text) for text in args.quality)
     except ValueError as exc:
@@ -272,7 +272,7 @@ def _quality_overrides(args) -> dict:
 
 
 def _cmd_info(args) -> int:
-    from edge.bundle import load_bundle
+    from edge.runtime.bundle import load_bundle
     b = load_bundle(args.bundle)
     t = b.thresholds
     print(f"bundle      {b.root}")
@@ -290,7 +290,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_eval_classify(args) -> int:
-    from edge.evaluate import evaluate_classifier, read_split_file
+    from edge.evaluation.evaluate import evaluate_classifier, read_split_file
     only = read_split_file(args.split_file, args.split) if args.split_file else None
     report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads, only=only)
     _emit(report, args.json)
@@ -298,7 +298,7 @@ def _cmd_eval_classify(args) -> int:
 
 
 def _cmd_eval_fields(args) -> int:
-    from edge.evaluate_fields import evaluate_field_cells
+    from edge.evaluation.evaluate_fields import evaluate_field_cells
     report = evaluate_field_cells(args.bundle, args.data, args.labels, split=args.split,
                                   backend=args.backend, threads=args.threads)
     _emit(report, args.json)
@@ -306,7 +306,7 @@ def _cmd_eval_fields(args) -> int:
 
 
 def _cmd_eval_detect(args) -> int:
-    from edge.evaluate import evaluate_detector
+    from edge.evaluation.evaluate import evaluate_detector
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     report = evaluate_detector(args.bundle, args.data, args.format, classes, split=args.split,
                                backend=args.backend, threads=args.threads)
@@ -315,8 +315,8 @@ def _cmd_eval_detect(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from edge.calibrate import calibrate_bundle, markdown_table
-    from edge.evaluate import read_split_file
+    from edge.evaluation.calibrate import calibrate_bundle, markdown_table
+    from edge.evaluation.evaluate import read_split_file
     if args.eval_split and not args.split_file:
         raise UserError("--eval-split needs --split-file")
     if args.data is None and not args.from_review:
@@ -340,14 +340,14 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_synth_crops(args) -> int:
-    from edge.synthetic_datasets import write_crop_folders
+    from edge.synthetic.datasets import write_crop_folders
     n = write_crop_folders(args.out, args.per_class, args.size, args.seed)
     print(f"wrote {n} crops under {args.out}")
     return 0
 
 
 def _cmd_synth_fields(args) -> int:
-    from edge.synthetic_datasets import write_voc_fields
+    from edge.synthetic.datasets import write_voc_fields
     n = write_voc_fields(args.out, args.count, args.width, args.height, args.seed)
     print(f"wrote {args.count} fields with {n} cells under {args.out} (VOC layout, class 'cell')")
     return 0
@@ -362,9 +362,9 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_build_engines(args) -> int:
-    from edge.backends import BackendError
-    from edge.backends.tensorrt_plan import BuildPlanError, plan_builds
-    from edge.bundle import load_bundle
+    from edge.runtime.backends import BackendError
+    from edge.runtime.backends.tensorrt_plan import BuildPlanError, plan_builds
+    from edge.runtime.bundle import load_bundle
     width, _, height = args.frame_size.partition("x")
     if not (width.isdigit() and height.isdigit()):
         raise UserError(f"--frame-size must be WIDTHxHEIGHT, e.g. 1920x1080, got {args.frame_size!r}")
@@ -374,8 +374,8 @@ def _cmd_build_engines(args) -> int:
         if args.dry_run:
             print("\n".join(b.summary() for b in builds))
             return 0
-        from edge.backends.tensorrt_build import build_engines
-        from edge.backends.tensorrt_cache import EngineCache, default_cache_dir
+        from edge.runtime.backends.tensorrt_build import build_engines
+        from edge.runtime.backends.tensorrt_cache import EngineCache, default_cache_dir
         outcomes = build_engines(builds, EngineCache(args.cache or default_cache_dir()), force=args.force)
     except (BackendError, BuildPlanError) as exc:
         raise UserError(str(exc)) from None

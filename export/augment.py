@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.preprocess import IMAGENET_MEAN
+from edge.runtime.preprocess import IMAGENET_MEAN
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -198,7 +198,7 @@ class Augment:
     """The training augmentation: call with (image, rng); each step fires with its probability.
 
     Before any of them, `jitter_box` rescales and moves the cell's box, so
-    the cell view (edge.cell_view) frames it as a detector's looser, tighter
+    the cell view (edge.runtime.cell_view) frames it as a detector's looser, tighter
     or off-centre box would. Order: geometry, colour and stain, degradation,
     erasing last (as torchvision erases the finished tensor). The crop and erase areas are
     narrower than torchvision's defaults (crop down to 8 %, erase up to 33 %):

@@ -1,6 +1,6 @@
 """Where the cell is in each single-cell training image, found as the device would find it.
 
-Training images pass through the one cell view (edge.cell_view) like every
+Training images pass through the one cell view (edge.runtime.cell_view) like every
 cell the device classifies, framed by the deployed detector's box: the
 detection nearest the image centre, or, where the detector finds none, the
 stand-in rule (the view is the whole image). The boxes of a data folder are
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +18,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from edge.bundle import Bundle, load_bundle
-from edge.engine import CellCounter
+from edge.runtime.atomic import write_atomic
+from edge.runtime.bundle import Bundle, load_bundle
+from edge.runtime.engine import CellCounter
 
 if TYPE_CHECKING:
     from export.datasets import Split
@@ -60,9 +60,7 @@ def find_cell_boxes(root: Path, paths: Sequence[str], bundle_path: Path,
                 known[rel] = [*(round(float(v), 2) for v in box), bool(found)]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".tmp")
-            tmp.write_text(json.dumps({"key": key, "boxes": known}))
-            os.replace(tmp, cache)
+            write_atomic(cache, json.dumps({"key": key, "boxes": known}))
     rows = [known[p] for p in paths]
     boxes = np.array([r[:4] for r in rows], dtype=np.float32).reshape(-1, 4)
     found = np.array([r[4] for r in rows], dtype=bool)

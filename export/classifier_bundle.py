@@ -17,10 +17,10 @@ import torch
 
 from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
-from edge.bundle import ModelSpec, Thresholds, copy_model_files, load_bundle, sha256_file, write_bundle
-from edge.decision import confidence_of
-from edge.cell_view import cell_views
-from edge.preprocess import Normalisation
+from edge.runtime.bundle import ModelSpec, Thresholds, copy_model_files, load_bundle, sha256_file, write_bundle
+from edge.runtime.decision import confidence_of
+from edge.runtime.cell_view import cell_views
+from edge.runtime.preprocess import Normalisation
 from export.cell_boxes import find_cell_boxes
 from export.classifier_training import load_weights
 from export.deployed import git_commit, onnx_scores, staged_bundle
@@ -32,7 +32,7 @@ from export.onnx_export import export_onnx
 def read_split_images(data: Path, split: Split, name: str, size: int, framing: Path,
                       boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) BGR cell views of one split, each cell found and cut as the device does
-    (edge.cell_view) with the detector and crop context of bundle `framing`; `boxes`: found before."""
+    (edge.runtime.cell_view) with the detector and crop context of bundle `framing`; `boxes`: found before."""
     items = split.items(name)
     paths = [rel for rel, _ in items]
     if boxes is None:

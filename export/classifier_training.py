@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from calibration.metrics import reject_metrics, threshold_to_json
 from calibration.thresholds import fit_threshold
-from edge.decision import confidence_of
-from edge.preprocess import Normalisation
+from edge.runtime.atomic import atomic_file, write_atomic
+from edge.runtime.decision import confidence_of
+from edge.runtime.preprocess import Normalisation
 from export.augment import Augment, light_augment
 from export.cell_boxes import framing_for
 from export.datasets import ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, stratified_split
@@ -219,12 +220,8 @@ def _log_line(entry: dict, epochs: int, target: float) -> str:
 # ---------------------------------------------------------------- checkpoints
 
 def _atomic_save(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
 
 
 def json_record(entry: dict) -> dict:
@@ -234,9 +231,7 @@ def json_record(entry: dict) -> dict:
 
 def _write_log(history: list[dict], path: Path) -> None:
     """The whole history as JSON lines, rewritten each epoch so it always matches last.pt."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(json_record(entry)) + "\n" for entry in history))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(json_record(entry)) + "\n" for entry in history))
 
 
 def load_weights(model: CellClassifier, path: Path) -> dict:

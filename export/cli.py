@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge import DEFAULT_BUNDLE
-from export.cli_options import add_cache_option, add_framing_option, add_run_options
+from export.cli_options import add_cache_option, add_framing_option, add_run_options, fractions, names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     tc.add_argument("--batch-size", type=int, default=64, help="per process")
     tc.add_argument("--lr", type=float, default=1e-4)
     tc.add_argument("--weight-decay", type=float, default=0.01)
-    tc.add_argument("--lr-drops", type=_fractions, default=(0.3, 0.6),
+    tc.add_argument("--lr-drops", type=fractions, default=(0.3, 0.6),
                     help="fractions of the epochs where lr is cut x0.1 (default the paper's 0.3,0.6)")
     tc.add_argument("--workers", type=int, default=2, help="DataLoader processes per training process")
     tc.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     td.add_argument("--data", help="VOC or YOLO folder of real fields, e.g. ../shared/data/bccd "
                                    "(default: synthetic fields only)")
     td.add_argument("--format", choices=("voc", "yolo"), default="voc")
-    td.add_argument("--classes", type=_names, default=("WBC",), help="comma-separated classes that are cells")
-    td.add_argument("--splits", type=_names, default=("train",), help="comma-separated training splits")
+    td.add_argument("--classes", type=names, default=("WBC",), help="comma-separated classes that are cells")
+    td.add_argument("--splits", type=names, default=("train",), help="comma-separated training splits")
     td.add_argument("--val-split", default="val", help="split validated on every epoch ('none': no validation)")
     td.add_argument("--synthetic-fraction", type=float, default=0.3, help="share of synthetic samples with --data")
     td.add_argument("--scale", type=float, default=0.28,
@@ -231,20 +231,6 @@ def _model_info(args) -> int:
                       "gflops": round(macs / 1e9, 3), "note": "backbone only; FLOPs counted as "
                       "multiply-adds, as the CrossFormer paper does"}, indent=2))
     return 0
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    values = tuple(float(v) for v in text.split(","))
-    if not all(0 < v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give fractions between 0 and 1, e.g. 0.3,0.6")
-    return values
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
-    return names
 
 
 def _overlap(text: str) -> int | None:

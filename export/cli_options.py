@@ -22,3 +22,17 @@ def add_framing_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framing-bundle", type=Path, default=DEFAULT_BUNDLE, metavar="BUNDLE",
                         help="the bundle whose detector and crop context frame each training image's cell, "
                              "as the device frames cells in a field (default: the shipped bundle)")
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in text.split(","))
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give fractions between 0 and 1, e.g. 0.3,0.6")
+    return values
+
+
+def names(text: str) -> tuple[str, ...]:
+    parts = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
+    return parts

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from edge.cell_view import cell_views, stand_in_box
-from edge.frames import IMAGE_SUFFIXES
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.atomic import write_atomic
+from edge.runtime.cell_view import cell_views, stand_in_box
+from edge.runtime.frames import IMAGE_SUFFIXES
+from edge.runtime.preprocess import Normalisation, to_model_input
 
 SPLITS = ("train", "calibration", "validation")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -170,9 +171,7 @@ def _check_reusable(split: Split, split_file: Path, names: list[str], images: di
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 # ---------------------------------------------------------------- datasets

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends import open_runner
-from edge.bundle import ModelSpec, load_bundle
-from edge.engine import run_batched
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.backends import open_runner
+from edge.runtime.bundle import ModelSpec, load_bundle
+from edge.runtime.engine import run_batched
+from edge.runtime.preprocess import Normalisation, to_model_input
 
 
 def onnx_scores(path: Path, crops: np.ndarray, norm: Normalisation) -> np.ndarray:

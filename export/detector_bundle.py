@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import torch
 
-from edge.bundle import Bundle, ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
-from edge.detection_data import load_detection_dataset
-from edge.frames import IMAGE_SUFFIXES
-from edge.preprocess import Normalisation
-from edge.quality import QualityLimits, fit_quality_limits
-from edge.synthetic import SmearConfig, max_cell_diameter_px
+from edge.runtime.bundle import Bundle, ModelSpec, Tiling, copy_model_files, load_bundle, write_bundle
+from edge.evaluation.detection_data import load_detection_dataset
+from edge.runtime.frames import IMAGE_SUFFIXES
+from edge.runtime.preprocess import Normalisation
+from edge.runtime.quality import QualityLimits, fit_quality_limits
+from edge.synthetic.smear import SmearConfig, max_cell_diameter_px
 from export.deployed import git_commit, staged_bundle
 from export.detector_training import CHECKPOINT, RUN_FILE
 from export.models.detector import DecodedDetector, build_detector
@@ -81,7 +81,7 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
         export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
         copy_model_files(source, source.classifier, staging)
         tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
-        provenance = {"data": recipe["data"] or "synthetic smear generator (edge.synthetic) only",
+        provenance = {"data": recipe["data"] or "synthetic smear generator (edge.synthetic.smear) only",
                       "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
                       "detector_training_commit": info["code_commit"],
                       "overlap_rule": rule, "largest_box_px": info["largest_box_px"], "quality": quality_note,
@@ -114,7 +114,7 @@ def fit_crop_context(bundle: Path, data: Path, max_images: int = 200, seed: int 
     image's longer side over the longer side of the bundle's most confident
     detection in it; with the number of images that had a detection.
     """
-    from edge.engine import CellCounter
+    from edge.runtime.engine import CellCounter
     paths = sorted(p for p in Path(data).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"{data} holds no images in class folders")
@@ -143,4 +143,4 @@ def _quality_limits(recipe: dict, source: Bundle) -> tuple[QualityLimits | None,
               for sample in load_detection_dataset(recipe["data"], recipe["format"], split)]
     limits = fit_quality_limits(fields, source.quality or QualityLimits())
     return limits, (f"min_focus, stain_reference and max_stain_angle fitted on the {len(fields)} fields of "
-                    f"{recipe['data']} {'+'.join(recipe['splits'])} (edge.quality.fit_quality_limits)")
+                    f"{recipe['data']} {'+'.join(recipe['splits'])} (edge.runtime.quality.fit_quality_limits)")

@@ -4,9 +4,9 @@ Pieces, top to bottom:
 
 - sample sources: anything with ``sample(rng) -> (image_bgr, boxes_xyxy)``
   (``SampleSource``). ``SyntheticSource`` renders smear fields with
-  ``edge.synthetic.render_field`` and random stain, blur, noise and
+  ``edge.synthetic.smear.render_field`` and random stain, blur, noise and
   illumination; ``PairSource`` serves in-memory pairs; ``DetectionDatasetSource`` serves a
-  VOC or YOLO folder such as BCCD read by ``edge.detection_data`` (boxes of
+  VOC or YOLO folder such as BCCD read by ``edge.evaluation.detection_data`` (boxes of
   the chosen classes, images resized by a scale as the device resizes its
   frames); ``MixedSource`` draws from several sources by weight;
   ``AugmentedSource`` adds colour, stain, blur and JPEG jitter (``PHOTOMETRIC``);
@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from edge.boxes import box_iou
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.atomic import atomic_file, write_atomic
+from edge.runtime.boxes import box_iou
+from edge.runtime.preprocess import Normalisation, to_model_input
 from export.augment import Augment
 
 Sample = tuple[np.ndarray, np.ndarray]  # (image BGR uint8 (H, W, 3), boxes (N, 4) float32 xyxy)
@@ -77,7 +78,7 @@ class SyntheticSource:
     Each knob is drawn uniformly from [0, its maximum]; stain_shift is drawn
     from [-max, max] when `signed_stain` is true.
     """
-    base: object = None                # edge.synthetic.SmearConfig; None = its default
+    base: object = None                # edge.synthetic.smear.SmearConfig; None = its default
     stain_shift_max: float = 0.5
     signed_stain: bool = False
     blur_sigma_max: float = 1.5
@@ -86,7 +87,7 @@ class SyntheticSource:
     px_per_um_jitter: float = 0.1      # relative, on top of the tile cutter's resize
 
     def sample(self, rng: np.random.Generator) -> Sample:
-        from edge.synthetic import SmearConfig, render_field
+        from edge.synthetic.smear import SmearConfig, render_field
         base = self.base if self.base is not None else SmearConfig()
         lo = -self.stain_shift_max if self.signed_stain else 0.0
         cfg = replace(
@@ -112,7 +113,7 @@ class PairSource:
 
 
 class DetectionDatasetSource:
-    """Real images: an ``edge.detection_data.DetectionDataset`` (VOC or YOLO folder).
+    """Real images: an ``edge.evaluation.detection_data.DetectionDataset`` (VOC or YOLO folder).
 
     Keeps the boxes of `classes` (for BCCD: ("WBC",)). Each image is resized
     by `scale` exactly as the device resizes a frame (``tiling.scale``), so
@@ -121,7 +122,7 @@ class DetectionDatasetSource:
     """
 
     def __init__(self, dataset, classes: Sequence[str] | None = ("WBC",), scale: float = 1.0):
-        from edge.detection_data import select_classes
+        from edge.evaluation.detection_data import select_classes
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
         self.dataset = select_classes(dataset, classes) if classes else dataset
@@ -134,7 +135,7 @@ class DetectionDatasetSource:
                     split: str | Sequence[str] | None = "train", scale: float = 1.0
                     ) -> "DetectionDatasetSource":
         """Load one split, several (their images together), or with None every image."""
-        from edge.detection_data import DetectionDataset, load_detection_dataset
+        from edge.evaluation.detection_data import DetectionDataset, load_detection_dataset
         if split is None or isinstance(split, str):
             return cls(load_detection_dataset(root, format, split), classes, scale)
         parts = [load_detection_dataset(root, format, s) for s in split]
@@ -159,7 +160,7 @@ class DetectionDatasetSource:
                 raise FileNotFoundError(f"cannot read image {s.image_path}")
             h, w = img.shape[:2]
             boxes = np.clip(np.asarray(s.boxes, np.float32).reshape(-1, 4), 0, [w, h, w, h])
-            if self.scale != 1.0:  # as edge.engine resizes a frame
+            if self.scale != 1.0:  # as edge.runtime.engine resizes a frame
                 img = cv2.resize(img, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
                 boxes = boxes * np.float32(self.scale)
             self._cache[index] = (img, boxes.astype(np.float32))
@@ -348,7 +349,7 @@ class TileDataset(IterableDataset):
     """`length` random (image, targets) tiles from a sample source.
 
     Yields image (3, T, T) float32 normalised as on the device
-    (edge.preprocess.to_model_input) and the targets of ``encode_targets`` as
+    (edge.runtime.preprocess.to_model_input) and the targets of ``encode_targets`` as
     tensors. The stream is a function of (seed, epoch, worker): set `epoch`
     before each pass for fresh, reproducible data.
     """
@@ -398,11 +399,11 @@ def make_tiles(source: SampleSource, n: int, tile_size: int, seed: int,
 def field_tiles(source: DetectionDatasetSource, tile_size: int) -> list[Sample]:
     """Every image of `source` (at its scale) cut into the device's tiles without overlap.
 
-    Tiles are edge.tiling's (a frame smaller than a tile is padded with its
+    Tiles are edge.runtime.tiling's (a frame smaller than a tile is padded with its
     median colour); each tile keeps the boxes whose centre it holds, clipped.
     A fixed validation set that looks like what the deployed detector sees.
     """
-    from edge.tiling import cut_tiles, make_grid
+    from edge.runtime.tiling import cut_tiles, make_grid
     out = []
     for i in range(len(source)):
         image, boxes = source.load(i)
@@ -563,21 +564,18 @@ def train_detector(model: torch.nn.Module, tile_size: int = 256, epochs: int = 1
             log(line)
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                        "history": history, "config_name": cfg.name,
-                        "config": asdict(cfg), "seed": seed, "tile_size": tile_size}, tmp)
-            os.replace(tmp, ckpt_path)
+            with atomic_file(ckpt_path) as fh:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                            "history": history, "config_name": cfg.name,
+                            "config": asdict(cfg), "seed": seed, "tile_size": tile_size}, fh)
             _write_log(history, ckpt_path.parent / LOG_FILE)
     return history
 
 
 def _write_log(history: list[dict], path: Path) -> None:
     """The whole history, one JSON object a line, replaced atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(rec) + "\n" for rec in history))
 
 
 

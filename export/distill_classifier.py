@@ -46,9 +46,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from edge.bundle import sha256_file
-from edge.cell_view import cell_views, stand_in_box
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.atomic import atomic_file
+from edge.runtime.bundle import sha256_file
+from edge.runtime.cell_view import cell_views, stand_in_box
+from edge.runtime.preprocess import Normalisation, to_model_input
 from export.augment import Augment
 from export.classifier_training import (BEST, LAST, ClassifierTrainConfig, _log_line, _resume, _save,
                                         evaluate, load_weights, lr_at, predict, start_epoch,
@@ -181,9 +182,8 @@ def make_teacher_views(teacher: CellClassifier, images: FolderCrops, count: int,
             targets[k, first:first + len(batch)] = d.numpy()
         log.info("teacher views: set %d of %d, %.0f s", k + 1, count, time.perf_counter() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, views=views, targets=targets, key=np.array(key_json))
-    os.replace(tmp, path)
+    with atomic_file(path) as fh:
+        np.savez(fh, views=views, targets=targets, key=np.array(key_json))
     return views, targets
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.cli import _fractions
-from export.cli_options import add_cache_option, add_framing_option, add_run_options
+from export.cli_options import add_cache_option, add_framing_option, add_run_options, fractions
 
 
 def add_distil_commands(sub) -> None:
@@ -23,7 +22,7 @@ def add_distil_commands(sub) -> None:
     dc.add_argument("--batch-size", type=int, default=64)
     dc.add_argument("--lr", type=float, default=5e-4)
     dc.add_argument("--weight-decay", type=float, default=0.01)
-    dc.add_argument("--lr-drops", type=_fractions, default=(0.6, 0.85),
+    dc.add_argument("--lr-drops", type=fractions, default=(0.6, 0.85),
                     help="fractions of the epochs where lr is cut x0.1")
     dc.add_argument("--warmup-epochs", type=float, default=1.0,
                     help="epochs over which the learning rate rises linearly from 0, step by step")
@@ -81,7 +80,7 @@ def _distil_classifier(args) -> int:
 
     import torch
 
-    from edge.preprocess import Normalisation
+    from edge.runtime.preprocess import Normalisation
     from export.classifier_training import load_weights
     from export.datasets import Split
     from export.distill_classifier import DistilConfig, best_checkpoint, distil_on_folder, load_run_classifier

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from edge.runtime.atomic import atomic_file
 from export.deployed import git_commit
 from export.detector_bundle import load_run_detector
 from export.detector_training import (CHECKPOINT, LOG_FILE, RUN_FILE, DetectorRecipe, TileDataset,
@@ -140,12 +141,11 @@ def distil_detector_run(teacher_run: str | os.PathLike, out: str | os.PathLike, 
             log(f"epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} (boxes {record['boxes']:.4f} "
                 f"teacher {record['teacher']:.4f})" + (f" | val recall {record['val_recall']:.3f} precision "
                                                        f"{record['val_precision']:.3f}" if val else ""))
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1, "history": history, "config_name": student.config.name,
-                    "config": asdict(student.config), "seed": config.seed, "tile_size": tile,
-                    "distillation": asdict(config)}, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as fh:
+            torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch + 1, "history": history, "config_name": student.config.name,
+                        "config": asdict(student.config), "seed": config.seed, "tile_size": tile,
+                        "distillation": asdict(config)}, fh)
         _write_log(history, out / LOG_FILE)
     return {"run": str(out), "checkpoint": str(path), "epochs": len(history), "last": history[-1] if history else None,
             "teacher_validation": evaluate_detector(teacher, val) if val else None}

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from calibration.rules import fit_rule
-from edge.preprocess import Normalisation
+from edge.runtime.preprocess import Normalisation
 from export.cell_boxes import cell_boxes_file, split_boxes
 from export.datasets import SPLITS, FolderCrops, Split
 from export.distill_classifier import load_run_classifier

@@ -43,7 +43,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.preprocess import Normalisation, to_model_input
 from export.onnx_export import check_onnx
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

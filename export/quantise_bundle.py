@@ -17,7 +17,7 @@ From an FP32 bundle (e.g. a distilled student's) and its data split:
 5. write the bundle (same manifest contract; the classifier's precision says
    int8 or fp16, an INT8 model names its TensorRT variant) and refit its
    reject threshold on the kept model's own
-   calibration outputs with `edge calibrate` (edge.calibrate.calibrate_bundle),
+   calibration outputs with `edge calibrate` (edge.evaluation.calibrate.calibrate_bundle),
    which binds the threshold to the model's SHA-256 and seals the bundle; the
    comparison goes beside it as a JSON and markdown report.
 """
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import (Bundle, TensorRTVariant, Thresholds, copy_model_files, load_bundle, sha256_file,
+from edge.runtime.bundle import (Bundle, TensorRTVariant, Thresholds, copy_model_files, load_bundle, sha256_file,
                          write_bundle)
-from edge.calibrate import calibrate_bundle
+from edge.evaluation.calibrate import calibrate_bundle
 from export.datasets import Split
 from export.deployed import git_commit
 from export.gates import Gates, check_detector_gate, check_gates

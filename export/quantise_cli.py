@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from export.cli import _names
+from export.cli_options import names
 from export.gates import Gates
 
 
@@ -18,7 +18,7 @@ def add_quantise_commands(sub) -> None:
     q.add_argument("--split-file", type=Path, required=True, help="the calibration and validation splits")
     q.add_argument("--out", type=Path, required=True, help="the bundle to write (must not exist)")
     q.add_argument("--precision", choices=("int8", "fp16"), default="int8")
-    q.add_argument("--calibration-methods", type=_names, default=("minmax", "entropy", "percentile"),
+    q.add_argument("--calibration-methods", type=names, default=("minmax", "entropy", "percentile"),
                    help="INT8 range calibrations to compare; the best on the calibration split is kept")
     q.add_argument("--calibration-images", type=int, default=512,
                    help="calibration-split cells the INT8 ranges are measured on")
@@ -30,7 +30,7 @@ def add_quantise_commands(sub) -> None:
     q.add_argument("--detector-data", type=Path, help="a VOC or YOLO folder with train and val splits: quantise "
                    "the detector to INT8 too (calibrated on train tiles, gated on val tiles); default: keep it")
     q.add_argument("--detector-format", choices=("voc", "yolo"), default="voc")
-    q.add_argument("--detector-classes", type=_names, default=("WBC",), help="the data set's cell classes")
+    q.add_argument("--detector-classes", type=names, default=("WBC",), help="the data set's cell classes")
     q.add_argument("--threads", type=int, help="ONNX Runtime threads")
     q.add_argument("--speed-seconds", type=float, default=2.0,
                    help="time each model's speed for about this long (at least 3 batches)")
@@ -40,7 +40,7 @@ def add_quantise_commands(sub) -> None:
 
 
 def _quantise(args) -> int:
-    from edge.calibrate import CalibrationError
+    from edge.evaluation.calibrate import CalibrationError
     from export.gates import GateError
     from export.quantise_bundle import QuantiseError, quantise_bundle
     gates = Gates(**{name: getattr(args, name) for name in Gates().to_dict()})

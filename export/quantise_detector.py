@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends import open_runner
-from edge.bundle import Bundle
-from edge.detection_metrics import Prediction, Truth, evaluate_detection
-from edge.preprocess import to_model_input
+from edge.runtime.backends import open_runner
+from edge.runtime.bundle import Bundle
+from edge.evaluation.detection_metrics import Prediction, Truth, evaluate_detection
+from edge.runtime.preprocess import to_model_input
 from export.detector_training import DetectionDatasetSource, Sample, field_tiles
 from export.quantise import ImageCalibrationReader, quantise_int8
 

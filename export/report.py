@@ -16,9 +16,9 @@ import onnx
 
 from calibration.metrics import reject_metrics, threshold_to_json
 from calibration.thresholds import fit_threshold
-from edge.backends import open_runner
-from edge.decision import confidence_of
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.backends import open_runner
+from edge.runtime.decision import confidence_of
+from edge.runtime.preprocess import Normalisation, to_model_input
 from export.cell_boxes import find_cell_boxes
 from export.classifier_bundle import read_split_images
 from export.datasets import Split
@@ -56,7 +56,7 @@ def cells_per_second(path: Path, images: np.ndarray, norm: Normalisation, thread
 
 class SplitCells:
     """The calibration and validation cells of a split, framed by bundle `framing`'s detector
-    (edge.cell_view), found once and cut once per input size."""
+    (edge.runtime.cell_view), found once and cut once per input size."""
 
     def __init__(self, data: Path, split: Split, framing: Path) -> None:
         self.data, self.split, self.framing = Path(data), split, Path(framing)

@@ -13,9 +13,9 @@ import torch
 
 from calibration.thresholds import ccl_confidence, fit_threshold
 from calibration.metrics import reject_metrics
-from edge.bundle import ModelSpec, Thresholds, Tiling, sha256_file, write_bundle
-from edge.preprocess import Normalisation
-from edge.synthetic import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
+from edge.runtime.bundle import ModelSpec, Thresholds, Tiling, sha256_file, write_bundle
+from edge.runtime.preprocess import Normalisation
+from edge.synthetic.smear import DEFAULT_CLASSES, SmearConfig, max_cell_diameter_px
 from export.classifier_training import ClassifierTrainConfig, train_classifier_arrays
 from export.deployed import git_commit, onnx_scores, staged_bundle
 from export.detector_training import train_detector
@@ -75,7 +75,7 @@ def make_synthetic_bundle(out: Path, recipe: SyntheticBundleRecipe, work: Path) 
                                                "validation": classifier_report["validation"]},
                                   classifier_sha256=sha256_file(staging / "classifier.onnx"), rule="ccl"),
             tiling=Tiling(recipe.tile_size, overlap, 1.0, recipe.score_threshold, recipe.crop_context),
-            provenance={"data": "synthetic smear generator (edge.synthetic), no real images",
+            provenance={"data": "synthetic smear generator (edge.synthetic.smear), no real images",
                         "recipe": asdict(recipe), "code_commit": git_commit(),
                         "date": time.strftime("%Y-%m-%d"), "script": "edge export synthetic-bundle"},
         )

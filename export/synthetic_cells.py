@@ -1,6 +1,6 @@
 """Classifier data cut from synthetic fields exactly as the device cuts crops.
 
-Crops come from `edge.cell_view.cell_views` around ground-truth boxes jittered like
+Crops come from `edge.runtime.cell_view.cell_views` around ground-truth boxes jittered like
 a detector's boxes, so the classifier trains on the view it will get on the
 device, border-cut cells and neighbours included.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.cell_view import cell_views
-from edge.synthetic import SmearConfig, render_field
+from edge.runtime.cell_view import cell_views
+from edge.synthetic.smear import SmearConfig, render_field
 
 
 def synthetic_cell_crops(n: int, size: int, context: float, seed: int,

@@ -1,7 +1,7 @@
 import shutil
 
 import pytest
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.synthetic import render_cell_crops
+from edge.synthetic.smear import render_cell_crops
 from export.augment import (MEAN_BGR, Augment, adjust_brightness, adjust_contrast, adjust_gamma,
                             adjust_saturation, blur, crop_resize, erase, jitter_stains, jpeg, light_augment,
                             random_crop_box, random_erase_box, rotate, shift_hue, turn)

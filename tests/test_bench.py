@@ -6,10 +6,10 @@ import json
 import cv2
 import pytest
 
-from edge.bench import main
-from edge.bench_pipeline import STAGES
-from edge.bench_report import compare_reports
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.bench.cli import main
+from edge.bench.pipeline import STAGES
+from edge.bench.report import compare_reports
+from tests.helpers import SYNTHETIC_BUNDLE
 
 TINY = ["--bundle", str(SYNTHETIC_BUNDLE), "--source", "synthetic:frames=2,seed=1", "--frame-size", "320x256",
         "--threads", "1"]

@@ -1,5 +1,5 @@
 """Machine description and the tegrastats parser, on lines recorded from Jetson boards."""
-from edge.bench_machine import describe_machine, parse_tegrastats, summarise_tegrastats
+from edge.bench.machine import describe_machine, parse_tegrastats, summarise_tegrastats
 
 # Jetson Nano (JetPack 4): rails as current/average without a unit
 NANO = ("RAM 2448/3964MB (lfb 2x4MB) SWAP 0/1982MB (cached 0MB) IRAM 0/252kB(lfb 252kB) "

@@ -4,11 +4,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge.bench_pipeline import STAGES, StageClock, StagedCounter, tiling_for
-from edge.bundle import BundleError, load_bundle
-from edge.engine import CellCounter
-from edge.synthetic import SmearConfig, render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.bench.pipeline import STAGES, StageClock, StagedCounter, tiling_for
+from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.engine import CellCounter
+from edge.synthetic.smear import SmearConfig, render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edge.bench_roofline import RooflineUnavailable, count_ops, measure_peak, node_ops
+from edge.bench.roofline import RooflineUnavailable, count_ops, measure_peak, node_ops
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402

@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 
 from edge import DEFAULT_BUNDLE
-from edge.bundle import BundleError, TensorRTVariant, copy_model_files, load_bundle, sha256_file, write_bundle
-from edge.engine import CellCounter
-from tests.bundles import add_tensorrt_variant
+from edge.runtime.bundle import BundleError, TensorRTVariant, copy_model_files, load_bundle, sha256_file, write_bundle
+from edge.runtime.engine import CellCounter
+from tests.helpers import add_tensorrt_variant
 
 
 def _edit_manifest(root, change):

@@ -10,12 +10,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from calibration.rules import fit_rule
-from edge.bundle import BundleError, ModelSpec, Thresholds, load_bundle, sha256_file, write_bundle
-from edge.calibrate import classifier_outputs
+from edge.runtime.bundle import BundleError, ModelSpec, Thresholds, load_bundle, sha256_file, write_bundle
+from edge.evaluation.calibrate import classifier_outputs
 from edge.cli import main
-from edge.decision import RejectRule
-from edge.preprocess import Normalisation
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.decision import RejectRule
+from edge.runtime.preprocess import Normalisation
+from tests.helpers import SYNTHETIC_BUNDLE
 
 COLOURS = {"neutrophil": (200, 120, 160), "lymphocyte": (90, 60, 140), "monocyte": (170, 170, 200),
            "eosinophil": (100, 150, 230), "basophil": (70, 40, 70)}  # BGR
@@ -177,7 +177,7 @@ def test_thresholds_fitted_for_another_classifier_are_refused(bundle_copy, crops
 
 def test_unbound_thresholds_load_with_a_warning_and_inf_class_thresholds_reject(bundle_copy, caplog):
     _edit_thresholds(bundle_copy, lambda t: t.update(classifier_sha256=None, per_class={"basophil": "inf"}))
-    with caplog.at_level(logging.WARNING, logger="edge.bundle"):
+    with caplog.at_level(logging.WARNING, logger="edge.runtime.bundle"):
         b = load_bundle(bundle_copy)
     assert "do not record the classifier" in caplog.text
     assert b.thresholds.for_class("basophil") == np.inf

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from edge.cell_view import stand_in_box
-from edge.synthetic_datasets import write_crop_folders
+from edge.runtime.cell_view import stand_in_box
+from edge.synthetic.datasets import write_crop_folders
 from export import cell_boxes
 from export.cell_boxes import cell_boxes_file, find_cell_boxes, split_boxes
 from export.datasets import stratified_split
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,16 @@
-"""The one cell view (edge.cell_view): the same cell gives the same classifier input everywhere."""
+"""The one cell view (edge.runtime.cell_view): the same cell gives the same classifier input everywhere."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.cell_view import cell_views, central_detection, locate_cell, stand_in_box, view_squares
-from edge.engine import CellCounter
-from edge.evaluate import read_cell_view
-from edge.synthetic import SmearConfig, render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.bundle import load_bundle
+from edge.runtime.cell_view import cell_views, central_detection, locate_cell, stand_in_box, view_squares
+from edge.runtime.engine import CellCounter
+from edge.evaluation.evaluate import read_cell_view
+from edge.synthetic.smear import SmearConfig, render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from edge.bundle import load_bundle
+from edge.runtime.bundle import load_bundle
 from edge.cli import main as edge_main
 from export.cli import main as export_main
-from tests.test_classifier_training import _write_crops
+from tests.helpers import write_crops
 
 torch.set_num_threads(1)
 
@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    data, out = _write_crops(root / "data", per_class=20), root / "out"
+    data, out = write_crops(root / "data", per_class=20), root / "out"
     assert export_main(["train-classifier", "--data", str(data), "--out", str(out), "--arch", "crossformer_tiny_test",
                         "--img-size", "32", "--batch-size", "8", "--workers", "0", "--lr", "1e-3",
                         "--epochs", "3", "--no-progress"]) == 0

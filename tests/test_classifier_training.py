@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 import logging
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from edge.preprocess import Normalisation
-from edge.synthetic import render_cell_crops
+from edge.runtime.preprocess import Normalisation
+from edge.synthetic.smear import render_cell_crops
 from export.classifier_training import ClassifierTrainConfig, lr_at, train_classifier_arrays
 from export.cli import main
 from export.models.classifier import build_classifier
+from tests.helpers import write_crops
 
 torch.set_num_threads(1)  # see tests/test_ccl_head.py
 
@@ -22,20 +22,12 @@ EPOCH_KEYS = {"epoch", "lr", "loss", "train_accuracy", "cal_accuracy", "val_accu
               "threshold_reached", "val_rejection_rate", "val_accepted_accuracy", "val_reliability", "seconds"}
 
 
-def _write_crops(root, per_class=10, size=48):
-    for label, name in enumerate(("neutrophil", "lymphocyte", "monocyte")):
-        (root / name).mkdir(parents=True)
-        for i, crop in enumerate(render_cell_crops(np.full(per_class, label), size, seed=label)):
-            cv2.imwrite(str(root / name / f"{i:02d}.{'png' if i % 2 else 'jpg'}"), crop)
-    return root
-
-
 def _read_log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_cli_trains_checkpoints_logs_exports_and_resumes(tmp_path, caplog):
-    data, out = _write_crops(tmp_path / "data"), tmp_path / "out"
+    data, out = write_crops(tmp_path / "data"), tmp_path / "out"
     args = ["train-classifier", "--data", str(data), "--out", str(out), "--arch", "crossformer_tiny_test",
             "--img-size", "32", "--batch-size", "8", "--workers", "0", "--lr", "1e-3", "--no-progress"]
     assert main(args + ["--epochs", "2"]) == 0

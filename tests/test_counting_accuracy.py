@@ -3,12 +3,12 @@ per-class counts, accepted-cell accuracy, and cells on tile borders counted once
 import numpy as np
 import pytest
 
-from edge.boxes import box_iou
-from edge.bundle import load_bundle
-from edge.engine import CellCounter
-from edge.synthetic import SmearConfig, render_field
-from edge.tiling import make_grid
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.boxes import box_iou
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter
+from edge.synthetic.smear import SmearConfig, render_field
+from edge.runtime.tiling import make_grid
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 including every cell that straddles a tile border."""
 import numpy as np
 
-from edge.backends import Runner, TensorSpec
-from edge.bundle import load_bundle
-from edge.engine import CellCounter
-from edge.synthetic import SmearConfig, render_field
-from edge.boxes import box_iou
-from edge.tiling import make_grid
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.backends import Runner, TensorSpec
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter
+from edge.synthetic.smear import SmearConfig, render_field
+from edge.runtime.boxes import box_iou
+from edge.runtime.tiling import make_grid
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 class PerfectTileDetector(Runner):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.cell_view import cell_views, stand_in_box
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.cell_view import cell_views, stand_in_box
+from edge.runtime.preprocess import Normalisation, to_model_input
 from export.datasets import (SPLITS, ArrayCrops, BalancedSampler, FolderCrops, ShardSampler, class_folders,
                              stratified_split)
 

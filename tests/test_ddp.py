@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from edge.synthetic import render_cell_crops
+from edge.synthetic.smear import render_cell_crops
 from export.classifier_training import (ClassifierTrainConfig, distributed_from_env, train_on_folder,
                                         update_centroids)
 from export.models.heads import CCLHead

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.detection_data import (DatasetError, load_detection_dataset, load_voc, load_yolo,
+from edge.evaluation.detection_data import (DatasetError, load_detection_dataset, load_voc, load_yolo,
                                  select_classes)
 
 FIXTURES = Path(__file__).parent / "fixtures"

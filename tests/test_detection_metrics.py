@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detection_metrics import (Prediction, Truth, average_precision, box_iou,
+from edge.evaluation.detection_metrics import (Prediction, Truth, average_precision, box_iou,
                                     evaluate_detection)
 
 DESIGN_KEYS = {"images", "ap50", "map50_95", "recall", "precision", "count_mae", "count_mape",

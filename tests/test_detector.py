@@ -198,7 +198,7 @@ def test_dataset_yields_normalised_tiles_and_targets():
 
 
 def _small_synthetic_source():
-    synthetic = pytest.importorskip("edge.synthetic")
+    synthetic = pytest.importorskip("edge.synthetic.smear")
     cfg = synthetic.SmearConfig(width=256, height=192, nucleated_per_mpx=120.0)
     return SyntheticSource(base=cfg)
 

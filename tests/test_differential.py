@@ -1,18 +1,19 @@
 import numpy as np
 import pytest
 
-from edge.differential import differential, proportion_interval
+from calibration.binomial import clopper_pearson_interval
+from edge.counting.differential import differential
 
 
 def test_matches_published_exact_limits():
     # Exact binomial 95 % limits: 5 of 100 -> 1.64 % to 11.28 %; 50 of 100 -> 39.83 % to 60.17 %.
-    low, high = proportion_interval([5, 50], 100)
+    low, high = clopper_pearson_interval([5, 50], 100)
     np.testing.assert_allclose(low, [0.0164, 0.3983], atol=1e-4)
     np.testing.assert_allclose(high, [0.1128, 0.6017], atol=1e-4)
 
 
 def test_edges_of_the_range():
-    low, high = proportion_interval([0, 20], 20)
+    low, high = clopper_pearson_interval([0, 20], 20)
     assert low[0] == 0.0 and high[1] == 1.0
     assert high[0] == pytest.approx(1 - 0.025 ** (1 / 20))  # 16.84 %
     assert low[1] == pytest.approx(0.025 ** (1 / 20))
@@ -22,7 +23,7 @@ def test_covers_the_true_proportion_at_least_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     n, p = 200, 0.07
     k = rng.binomial(n, p, size=4000)
-    low, high = proportion_interval(k, n)
+    low, high = clopper_pearson_interval(k, n)
     assert np.mean((low <= p) & (p <= high)) >= 0.95
 
 

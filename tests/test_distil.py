@@ -10,12 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from edge.cell_view import cell_views
-from edge.preprocess import Normalisation, to_model_input
-from edge.synthetic_datasets import write_crop_folders
+from edge.runtime.cell_view import cell_views
+from edge.runtime.preprocess import Normalisation, to_model_input
+from edge.synthetic.datasets import write_crop_folders
 from export.augment import Augment
 from export.datasets import FolderCrops, Split, stratified_split
-from export.classifier_training import predict
 from export.distill_classifier import (CachedTeacherViews, DistilConfig, TwoSizeCrops, distil_classifier,
                                        distil_on_folder, distillation_loss, load_run_classifier,
                                        warmup_factor)

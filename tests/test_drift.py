@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle, write_bundle
-from edge.drift import DriftBands, DriftHistory, DriftMonitor, fit_drift_bands
-from edge.runloop import run_session
-from edge.sources import DEMO_SPEC
+from edge.runtime.bundle import load_bundle, write_bundle
+from edge.runtime.drift import DriftBands, DriftHistory, DriftMonitor, fit_drift_bands
+from edge.counting.runloop import run_session
+from edge.counting.sources import DEMO_SPEC
 from firmware_bridge import FirmwareLink, StatusCode
 from firmware_bridge.messages import HostStatus, from_frame, to_frame
 from firmware_bridge.simulator import FirmwareSimulator
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 CLASSES = ("a", "b", "c", "d", "e")
 THRESHOLD = 0.7

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from edge.cli import main as edge_main
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 def main(args):
@@ -72,9 +72,9 @@ def test_eval_detect_unknown_class_is_an_error(fields, capsys):
 
 
 def test_synthetic_voc_fields_round_trip_through_the_voc_reader(tmp_path):
-    from edge.detection_data import load_voc
-    from edge.synthetic import SmearConfig, render_field
-    from edge.synthetic_datasets import write_voc_fields
+    from edge.evaluation.detection_data import load_voc
+    from edge.synthetic.smear import SmearConfig, render_field
+    from edge.synthetic.datasets import write_voc_fields
     write_voc_fields(tmp_path, 2, 320, 240, seed=9)
     dataset = load_voc(tmp_path)
     for i, sample in enumerate(dataset):

@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
+from edge.runtime.bundle import load_bundle
 from edge.cli import main
-from edge.engine import CellCounter
-from edge.evaluate import EvalDataError
-from edge.evaluate_fields import evaluate_field_cells, read_field_labels
-from edge.synthetic import SmearConfig, render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.engine import CellCounter
+from edge.evaluation.evaluate import EvalDataError
+from edge.evaluation.evaluate_fields import evaluate_field_cells, read_field_labels
+from edge.synthetic.smear import SmearConfig, render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 @pytest.fixture(scope="module")

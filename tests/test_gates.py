@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 
-from edge.backends.tensorrt_plan import plan_builds
-from edge.bundle import load_bundle, sha256_file
-from edge.synthetic_datasets import write_crop_folders
+from edge.runtime.backends.tensorrt_plan import plan_builds
+from edge.runtime.bundle import load_bundle, sha256_file
+from edge.synthetic.datasets import write_crop_folders
 from export.cli import main
 from export.datasets import stratified_split
 from export.gates import Gates, GateError, check_gates, gate_failures
-from tests.test_quantise_detector import write_split_fields
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE, write_split_fields
 
 GOOD = {"accuracy": 0.95, "agreement": 0.97, "accepted_accuracy": 0.991}
 

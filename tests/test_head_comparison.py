@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge.preprocess import Normalisation
-from edge.synthetic_datasets import write_crop_folders
+from edge.runtime.preprocess import Normalisation
+from edge.synthetic.datasets import write_crop_folders
 from export.datasets import stratified_split
 from export.head_comparison import compare_heads, fit_softmax_head, markdown_rows
 from export.models.classifier import build_classifier
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 
 def test_the_softmax_head_separates_separable_features():

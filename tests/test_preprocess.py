@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge.preprocess import Normalisation, to_model_input
+from edge.runtime.preprocess import Normalisation, to_model_input
 
 
 def reference(images_bgr: np.ndarray, norm: Normalisation) -> np.ndarray:

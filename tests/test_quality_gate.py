@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import BundleError, load_bundle
+from edge.runtime.bundle import BundleError, load_bundle
 from edge.cli import main
-from edge.quality import (FOCUS_MARGIN, QualityGate, QualityLimits, fit_quality_limits, measure_field,
+from edge.runtime.quality import (FOCUS_MARGIN, QualityGate, QualityLimits, fit_quality_limits, measure_field,
                           parse_override)
-from edge.runloop import run_session
-from edge.synthetic import SmearConfig, render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.counting.runloop import run_session
+from edge.synthetic.smear import SmearConfig, render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 GOOD = 60  # fields in the imaging conditions of the demo source
 

@@ -6,14 +6,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge.bundle import load_bundle
-from edge.preprocess import to_model_input
-from edge.synthetic import render_cell_crops
+from edge.runtime.bundle import load_bundle
+from edge.runtime.preprocess import to_model_input
+from edge.synthetic.smear import render_cell_crops
 from export.onnx_export import check_onnx
 from export.quantise import (QUANTISED_OPS, ImageCalibrationReader, convert_fp16, fold_constants, foldable_nodes,
                              head_tail_nodes, input_convs, quantise_int8)
 from export.report import scores_of
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE
 
 CCL_TAIL_OPS = {"Sub", "Pow", "ReduceMean", "Mul", "Exp"}
 

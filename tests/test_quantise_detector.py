@@ -5,22 +5,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.bundle import load_bundle
-from edge.synthetic_datasets import write_voc_fields
+from edge.runtime.bundle import load_bundle
 from export.gates import Gates, GateError, check_detector_gate
 from export.quantise import head_tail_nodes
 from export.quantise_detector import bundle_tiles, detector_figures, quantise_detector
-from tests.bundles import SYNTHETIC_BUNDLE
-
-
-def write_split_fields(root, seed=11):
-    """Synthetic VOC fields (class 'cell') with train and val splits."""
-    write_voc_fields(root, count=4, width=512, height=384, seed=seed)
-    names = sorted(p.stem for p in (root / "Annotations").iterdir())
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names[:2]) + "\n")
-    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(names[2:]) + "\n")
-    return root
+from tests.helpers import SYNTHETIC_BUNDLE, write_split_fields
 
 
 def test_int8_detector_keeps_the_decoding_in_fp32_and_its_recall(tmp_path):

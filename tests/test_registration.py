@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edge.registration import RegistrationError, Shift, already_counted, estimate_shift
-from edge.sources import open_source
-from edge.stillness import StillnessTrigger
+from edge.counting.registration import RegistrationError, Shift, already_counted, estimate_shift
+from edge.counting.sources import open_source
+from edge.counting.stillness import StillnessTrigger
 
 TOUR = "synthetic-stage:fields=5,seed={seed},width=320,height=240,step={step},still=5,move=3,noise=3"
 

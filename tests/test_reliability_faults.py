@@ -16,63 +16,25 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from edge.runloop import run_session
-from edge.session import Session, SessionError
-from edge.sources import CameraSource, ReconnectPolicy, capture_spec
-from edge.synthetic import render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.counting.runloop import run_session
+from edge.counting.session import Session, SessionError
+from edge.counting.sources import CameraSource, ReconnectPolicy, capture_spec
+from edge.synthetic.smear import render_field
+from tests.helpers import EDGE, SYNTHETIC_BUNDLE, assert_same_as_uninterrupted, kill_and_resume, session_state
 
 # Varied imaging conditions, so that some cells go to the review queue.
 SOURCE = "synthetic:frames=8,seed=2026,vary=1"
-EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def quiet_run(out, source=SOURCE, **kwargs):
     with open(os.devnull, "w") as sink:
         return run_session(SYNTHETIC_BUNDLE, source, out, threads=1, live=sink, save_fields=False, **kwargs)
-
-
-def session_state(out: Path) -> dict:
-    """What a session holds, without the ids that differ between runs."""
-    with open(out / "cells.csv") as fh:
-        cells = sorted((r["frame_id"], r["x1"], r["y1"], r["x2"], r["y2"], r["predicted"], r["accepted"])
-                       for r in csv.DictReader(fh))
-    results = json.loads((out / "results.json").read_text())
-    state = {"cells": cells, "counts": results["counts"], "rejected": results["rejected"],
-             "frames": results["frames"], "finished": results["finished"]}
-    for name in ("session.sqlite", "review/queue.sqlite"):
-        db = sqlite3.connect(out / name)
-        try:
-            state[name] = db.execute("PRAGMA integrity_check").fetchone()[0]
-            if name == "session.sqlite":
-                state["db_cells"] = db.execute("SELECT frame_id, x1, y1, x2, y2, predicted, accepted FROM cells"
-                                               " ORDER BY frame_id, x1, y1").fetchall()
-            else:
-                rows = db.execute("SELECT frame_id, x1, y1, x2, y2 FROM rejected_cells").fetchall()
-                state["queued"] = sorted(rows)
-                state["queued_crops_present"] = all(
-                    (out / "review" / f).is_file()
-                    for (f,) in db.execute("SELECT crop_file FROM rejected_cells"))
-        finally:
-            db.close()
-    return state
-
-
-def assert_same_as_uninterrupted(out: Path, reference: dict) -> None:
-    state = session_state(out)
-    assert state["session.sqlite"] == state["review/queue.sqlite"] == "ok"
-    assert state["finished"]
-    for key in ("cells", "counts", "rejected", "frames", "queued"):
-        assert state[key] == reference[key], key
-    assert len(state["db_cells"]) == len(state["cells"]) and state["queued_crops_present"]
-    assert len(state["queued"]) == state["rejected"], "every rejected cell queued, once"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +85,7 @@ class _Capture:
 def test_the_camera_disappears_and_returns_and_the_session_goes_on(tmp_path, caplog):
     camera = FlakyCamera(before=3, failed_reopens=2)
     source = CameraSource(capture_spec("/dev/video0"), ReconnectPolicy(0.05, 0.2, 10.0), camera.open)
-    with caplog.at_level("WARNING", logger="edge.sources"):
+    with caplog.at_level("WARNING", logger="edge.counting.sources"):
         results = quiet_run(tmp_path / "s", source=source, max_frames=6, field_trigger="every")
     loop = results["loop"]
     assert results["finished"] and results["frames"]["counted"] == 6
@@ -263,39 +225,6 @@ def test_the_serial_device_unplugs_mid_session_and_no_field_is_lost_or_doubled(t
 
 # ---------------------------------------------------------------- SIGKILL and resume
 
-def start_edge_run(out: Path, source: str, resume: bool) -> subprocess.Popen:
-    args = ["run", "--out", str(out), "--no-save-fields", "--threads", "1"]
-    args += ["--resume"] if resume else ["--bundle", str(SYNTHETIC_BUNDLE), "--source", source]
-    return subprocess.Popen(EDGE + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def kill_and_resume(out: Path, source: str, kills: int, rng: random.Random, max_delay_s: float) -> dict:
-    """SIGKILL `edge run` on `out` `kills` times, each after a random delay in [0, max_delay_s);
-    each next start resumes the session (or starts it afresh when the kill came before the
-    session existed); finally run it to its end. Returns what happened."""
-    done = {"kills": 0, "finished_before_kill": 0, "resumes": 0, "fresh_starts": 0}
-    while done["kills"] < kills:
-        resume = (out / "session.json").exists()
-        done["resumes" if resume else "fresh_starts"] += 1
-        proc = start_edge_run(out, source, resume)
-        try:
-            proc.wait(timeout=rng.uniform(0, max_delay_s))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            done["kills"] += 1
-            continue
-        stderr = proc.stderr.read().decode()
-        assert proc.returncode == 0, stderr
-        done["finished_before_kill"] += 1
-        if json.loads((out / "results.json").read_text())["finished"]:
-            return done  # it ran to its end before the kill came
-    resume = (out / "session.json").exists()
-    final = start_edge_run(out, source, resume)
-    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
-    done["resumes" if resume else "fresh_starts"] += 1
-    return done
-
 
 def test_sigkill_at_random_moments_then_resume_counts_what_an_uninterrupted_run_counts(tmp_path, reference):
     rng = random.Random(11)
@@ -336,7 +265,7 @@ def test_one_labels_file_imported_twice_at_once_is_applied_once(tmp_path, monkey
     each reads the current labels and then waits, so both have read before either writes."""
     import edge.review.label_import as label_import
     from edge.review.label_import import import_labels
-    from tests.test_review_session_records import archive_manifest, export, labels_for, make_session
+    from tests.helpers import archive_manifest, export, labels_for, make_session
     session = make_session(tmp_path, frames=2)
     archive = export([session], tmp_path / "review.zip")
     manifest = archive_manifest(archive)[0]

@@ -12,18 +12,12 @@ import os
 import shutil
 import struct
 import zipfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.bundle import BundleError, load_bundle
-from edge.review import ReviewError
-from edge.review.label_import import import_labels
-from firmware_bridge.framing import FrameDecoder
-from firmware_bridge.messages import ProtocolError, from_frame
-from tests.bundles import SYNTHETIC_BUNDLE
+from tests.helpers import SYNTHETIC_BUNDLE, check_labels, check_manifest
 
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
@@ -31,38 +25,6 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 15
 
 
 # ---------------------------------------------------------------- targets
-
-def check_manifest(bundle: Path, raw: bytes) -> str:
-    """Load a bundle whose manifest.json is `raw`: 'loaded' or 'refused', never another error."""
-    (bundle / "manifest.json").write_bytes(raw)
-    try:
-        load_bundle(bundle)
-    except BundleError:
-        return "refused"
-    return "loaded"
-
-
-def check_labels(session: Path, raw: bytes, name: str = "labels.json") -> str:
-    """Import `raw` as a labels file (or a returned archive, by its name): 'imported' or 'refused'."""
-    path = session.parent / name
-    path.write_bytes(raw)
-    try:
-        import_labels([session], path)
-    except ReviewError:
-        return "refused"
-    return "imported"
-
-
-def check_serial(raw: bytes) -> int:
-    """Decode a byte stream from the serial line; every frame it yields reads as a message or
-    is refused as a ProtocolError. Returns the number of frames."""
-    frames = FrameDecoder().feed(raw)
-    for frame in frames:
-        try:
-            from_frame(frame)
-        except ProtocolError:
-            pass
-    return len(frames)
 
 
 # ---------------------------------------------------------------- mutations
@@ -141,7 +103,7 @@ def test_any_json_as_a_manifest_is_refused_with_a_bundle_error(bundle, value):
 @pytest.fixture(scope="module")
 def review(tmp_path_factory):
     """A session, its exported archive and a valid labels file for every cell in it."""
-    from tests.test_review_session_records import archive_manifest, export, labels_for, make_session
+    from tests.helpers import archive_manifest, export, labels_for, make_session
     root = tmp_path_factory.mktemp("fuzz-review")
     session = make_session(root, frames=1)
     archive = export([session], root / "review.zip")

@@ -14,95 +14,20 @@ import tarfile
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from edge.bundle import BundleError, load_bundle, sha256_file
-from edge.engine import CellCounter
-from edge.frames import Frame
-from edge.runloop import run_session
-from edge.sources import CaptureSpec, FrameSource, VideoFileSource
-from edge.synthetic import render_field
-from edge.tiling import make_grid
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.engine import CellCounter
+from edge.runtime.frames import Frame
+from edge.counting.runloop import run_session
+from edge.counting.sources import CaptureSpec, FrameSource, VideoFileSource
+from edge.synthetic.smear import render_field
+from edge.runtime.tiling import make_grid
+from tests.helpers import SYNTHETIC_BUNDLE, tiny_bundle
 
 # ---------------------------------------------------------------- tiny real models
 
-# Every tile of the tiny detector reports one cell at this box (tile pixels), score 0.9.
-TINY_BOX = (100.0, 100.0, 140.0, 140.0)
 TILES_640x480 = len(make_grid(640, 480, 256, 96))  # the default bundle's tiling: 4 x 3 tiles
-
-
-def _save(graph, path):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def tiny_detector(path, nan_when_dark=False, tile=256):
-    """One cell per tile. With `nan_when_dark`, a tile whose normalised mean is negative (a dark
-    tile) gets NaN boxes and scores: Sqrt of a negative number."""
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, tile, tile])
-    boxes = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 1, 4])
-    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1])
-    nodes = [
-        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("Identity" if nan_when_dark else "Abs", ["mean"], ["signed"]),
-        helper.make_node("Sqrt", ["signed"], ["root"]),
-        helper.make_node("Mul", ["root", "zero"], ["nought"]),            # 0, or NaN for a dark tile
-        helper.make_node("Unsqueeze", ["nought", "ax12"], ["n3"]),
-        helper.make_node("Add", ["n3", "box"], ["boxes"]),
-        helper.make_node("Unsqueeze", ["nought", "ax1"], ["n2"]),
-        helper.make_node("Add", ["n2", "score"], ["scores"]),
-    ]
-    inits = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-             helper.make_tensor("box", TensorProto.FLOAT, [1, 1, 4], list(TINY_BOX)),
-             helper.make_tensor("score", TensorProto.FLOAT, [1], [0.9]),
-             helper.make_tensor("ax12", TensorProto.INT64, [2], [1, 2]),
-             helper.make_tensor("ax1", TensorProto.INT64, [1], [1])]
-    _save(helper.make_graph(nodes, "tiny_detector", [image], [boxes, scores], inits), path)
-
-
-def tiny_classifier(path, classes=5, inf_when_dark=False, size=64):
-    """Class scores in (0, 1) from the crop's mean colour. With `inf_when_dark`, a crop whose
-    normalised mean is negative scores -Inf: Log(Relu(x)) of a negative x."""
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
-    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])
-    weights = np.random.default_rng(0).normal(0, 1, (3, classes)).astype(np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["image"], ["colour"], axes=[2, 3], keepdims=0),
-        helper.make_node("MatMul", ["colour", "weights"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["d"]),
-        helper.make_node("ReduceMean", ["colour"], ["mean"], axes=[1], keepdims=1),
-        helper.make_node("Relu" if inf_when_dark else "Abs", ["mean"], ["positive"]),
-        helper.make_node("Add", ["positive", "tiny"] if not inf_when_dark else ["positive", "nothing"],
-                         ["guarded"]),
-        helper.make_node("Log", ["guarded"], ["log"]),
-        helper.make_node("Mul", ["log", "small"], ["offset"]),            # about 0, or -Inf when dark
-        helper.make_node("Add", ["d", "offset"], ["scores"]),
-    ]
-    inits = [helper.make_tensor("weights", TensorProto.FLOAT, [3, classes], weights.ravel().tolist()),
-             helper.make_tensor("tiny", TensorProto.FLOAT, [], [1e-3]),
-             helper.make_tensor("nothing", TensorProto.FLOAT, [], [0.0]),
-             helper.make_tensor("small", TensorProto.FLOAT, [], [1e-6])]
-    _save(helper.make_graph(nodes, "tiny_classifier", [image], [scores], inits), path)
-
-
-def tiny_bundle(root, *, detector_nan=False, classifier_inf=False, tile=256):
-    """The default bundle's manifest with the tiny models in place of its own, resealed."""
-    shutil.copytree(SYNTHETIC_BUNDLE, root)
-    tiny_detector(root / "detector.onnx", nan_when_dark=detector_nan, tile=tile)
-    tiny_classifier(root / "classifier.onnx", inf_when_dark=classifier_inf)
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["models"]["detector"]["input_shape"][2:] = [tile, tile]
-    manifest["tiling"]["tile_size"] = tile
-    for role in ("detector", "classifier"):
-        manifest["models"][role]["sha256"] = sha256_file(root / f"{role}.onnx")
-    manifest["thresholds"]["classifier_sha256"] = manifest["models"]["classifier"]["sha256"]
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
 
 
 class ListSource(FrameSource):

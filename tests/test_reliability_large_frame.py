@@ -12,10 +12,10 @@ import tracemalloc
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.engine import CellCounter
-from edge.tiling import make_grid
-from tests.test_reliability_inputs import tiny_bundle
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter
+from edge.runtime.tiling import make_grid
+from tests.helpers import tiny_bundle
 
 SIDE = 20_000
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import BundleError, load_bundle
-from edge.runloop import run_session
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.bundle import BundleError, load_bundle
+from edge.counting.runloop import run_session
+from tests.helpers import SYNTHETIC_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edge", "export", "calibration", "firmware_bridge", "benchmarks", "scripts")
@@ -63,7 +63,7 @@ def where(path: Path, node: ast.AST) -> str:
 
 def test_the_scan_sees_the_code():
     files = {p.relative_to(ROOT).as_posix() for p in source_files()}
-    assert {"edge/session.py", "export/classifier_bundle.py", "firmware_bridge/link.py"} <= files
+    assert {"edge/counting/session.py", "export/classifier_bundle.py", "firmware_bridge/link.py"} <= files
 
 
 def test_every_checkpoint_is_loaded_with_weights_only():

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from edge.cli import main
-from tests.test_review_session_records import archive_manifest, export, make_session, rename_class
+from tests.helpers import archive_manifest, export, make_session, rename_class
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -2,14 +2,15 @@
 import numpy as np
 import pytest
 
-from edge.review.differential import clopper_pearson_interval, final_differential
+from calibration.binomial import clopper_pearson_interval
+from edge.review.differential import final_differential
 
 NAMES = ("neutrophil", "lymphocyte", "monocyte")
 
 
 def test_clopper_pearson_matches_published_values():
     # 95 % exact intervals for 0, 1, 5 and 10 successes of 10 (standard tables)
-    ci = clopper_pearson_interval([0, 1, 5, 10], 10)
+    ci = np.stack(clopper_pearson_interval([0, 1, 5, 10], 10), axis=1)
     np.testing.assert_allclose(ci, [[0, 0.30850], [0.00253, 0.44502], [0.18709, 0.81291], [0.69150, 1]],
                                atol=5e-5)
 

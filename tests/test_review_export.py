@@ -15,7 +15,7 @@ import pytest
 
 from edge.cli import main
 from edge.review.page import script_safe_json
-from tests.test_review_session_records import export, make_session
+from tests.helpers import export, make_session
 
 SAMPLE = 3
 

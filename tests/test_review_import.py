@@ -10,7 +10,7 @@ import pytest
 
 from edge.cli import main
 from edge.review.labels_file import MAX_LABELS_BYTES
-from tests.test_review_session_records import archive_manifest, export, labels_for, make_session
+from tests.helpers import archive_manifest, export, labels_for, make_session
 
 
 @pytest.fixture(scope="module")

@@ -1,71 +1,14 @@
 """What a session keeps for review: context images of its fields, the queue's schema version and its
 migration; and the helpers the other review tests use to make sessions and archives."""
-import csv
-import hashlib
 import json
-import shutil
 import sqlite3
-import zipfile
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.review_queue import CONTEXT_LONG_SIDE, SCHEMA_VERSION, QueueVersionError, ReviewQueue
-from tests.bundles import SYNTHETIC_BUNDLE
-
-
-def make_session(root, frames=2, threshold=0.97, seed=5):
-    """An `edge run` session on synthetic fields; a high threshold sends many cells to review."""
-    bundle = root / "bundle"
-    if not bundle.exists():
-        shutil.copytree(SYNTHETIC_BUNDLE, bundle)
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["thresholds"]["global"] = threshold
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
-    out = root / f"session-{seed}"
-    assert main(["run", "--bundle", str(bundle), "--source", f"synthetic:frames={frames},seed={seed}",
-                 "--out", str(out)]) == 0
-    return out
-
-
-def rename_class(session, old, new):
-    """Rename a class throughout a session's records, as a bundle with that class name would have written them."""
-    meta = json.loads((session / "session.json").read_text())
-    meta["class_names"] = [new if n == old else n for n in meta["class_names"]]
-    (session / "session.json").write_text(json.dumps(meta))
-    with sqlite3.connect(session / "review" / "queue.sqlite") as db:
-        db.execute("UPDATE rejected_cells SET suggested = ? WHERE suggested = ?", (new, old))
-    with open(session / "cells.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    column = rows[0].index("predicted")
-    for row in rows[1:]:
-        row[column] = new if row[column] == old else row[column]
-    with open(session / "cells.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows(rows)
-
-
-def export(session_dirs, out, *extra):
-    args = ["review", "export", "--out", str(out), *extra]
-    for s in session_dirs:
-        args += ["--session", str(s)]
-    assert main(args) == 0
-    return out
-
-
-def archive_manifest(archive):
-    with zipfile.ZipFile(archive) as zf:
-        raw = zf.read("manifest.json")
-    return json.loads(raw), hashlib.sha256(raw).hexdigest()
-
-
-def labels_for(archive, answers, reviewer="Dr Test"):
-    """A labels file as the review page saves it; answers maps cell id -> label."""
-    manifest, sha = archive_manifest(archive)
-    return {"format": "edge-review-labels", "version": 1, "archive_id": manifest["archive_id"],
-            "manifest_sha256": sha, "reviewer": reviewer, "saved": "2026-11-22T10:00:00Z",
-            "labels": [{"cell_id": c, "label": v, "labelled_at": "2026-11-22T09:59:00Z"} for c, v in answers.items()]}
+from edge.counting.review_queue import CONTEXT_LONG_SIDE, SCHEMA_VERSION, QueueVersionError, ReviewQueue
+from tests.helpers import make_session
 
 
 @pytest.fixture(scope="module")

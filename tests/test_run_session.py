@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 from edge.cli import main
-from edge.sources import DEMO_FIELDS
+from edge.counting.sources import DEMO_FIELDS
 
 
 def _run(tmp_path, *args):

@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from edge.bundle import load_bundle
-from edge.engine import CellCounter
-from edge.frames import Frame
-from edge.pipeline import Pipeline
-from edge.runloop import run_session
-from edge.session import Session, SessionError
-from edge.sources import FrameSource, open_source
-from edge.synthetic import render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter
+from edge.runtime.frames import Frame
+from edge.counting.pipeline import Pipeline
+from edge.counting.runloop import run_session
+from edge.counting.session import Session, SessionError
+from edge.counting.sources import FrameSource, open_source
+from edge.synthetic.smear import render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 SOURCE = "synthetic:frames=6,seed=31"
 

@@ -8,16 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
+from edge.runtime.bundle import load_bundle
 from edge.cli import main
-from edge.decision import RejectRule
-from edge.engine import CellCounter
+from edge.runtime.decision import RejectRule
+from edge.runtime.engine import CellCounter
 from edge.review.archive_export import export_archive
 from edge.review.label_import import import_labels
 from edge.review.page import LABELS_FORMAT, LABELS_VERSION
-from edge.runloop import run_session
-from edge.synthetic import SmearConfig, render_cell_crops, render_field
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.counting.runloop import run_session
+from edge.synthetic.smear import SmearConfig, render_cell_crops, render_field
+from tests.helpers import SYNTHETIC_BUNDLE
 
 TARGET = 0.98
 FIELDS = 16

@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.frames import FrameError, as_bgr8
-from edge.sources import (DEMO_FIELDS, CameraSource, ChainedSource, FolderSource, ReadTimeout, ReconnectPolicy,
+from edge.runtime.frames import FrameError, as_bgr8
+from edge.counting.sources import (DEMO_FIELDS, CameraSource, ChainedSource, FolderSource, ReadTimeout, ReconnectPolicy,
                           SourceError, capture_spec, open_source)
 
 
@@ -161,7 +161,7 @@ def test_unplugged_camera_is_reopened_with_backoff_and_the_gap_logged(caplog):
     source, device, clock = _camera(before=3, failed_reopens=3, policy=ReconnectPolicy(0.5, 2.0, 60.0))
     frames = [source.read() for _ in range(3)]
     assert source.stats()["fps"] == pytest.approx(20.0)
-    with caplog.at_level("WARNING", logger="edge.sources"):
+    with caplog.at_level("WARNING", logger="edge.counting.sources"):
         frames += [source.read() for _ in range(3)]
     assert source.live and [f.frame_id for f in frames] == [0, 1, 2, 3, 4, 5]
     assert clock.sleeps == [0.5, 1.0, 2.0, 2.0]  # the 4th reopen works

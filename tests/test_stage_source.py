@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.sources import SourceError, open_source
-from edge.stage_source import StageSource
+from edge.counting.sources import SourceError, open_source
+from edge.counting.stage_source import StageSource
 
 SPEC = "synthetic-stage:fields=3,seed=4,width=160,height=120,step=0.7,still=4,move=3,noise=0"
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edge.frames import Frame
-from edge.sources import open_source
-from edge.stillness import StillnessTrigger
+from edge.runtime.frames import Frame
+from edge.counting.sources import open_source
+from edge.counting.stillness import StillnessTrigger
 
 
 def _triggers(spec: str, trigger: StillnessTrigger) -> tuple[list, list]:

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.synthetic import (DEFAULT_CLASSES, Field, SmearConfig, max_cell_diameter_px, render_cell_crops,
+from edge.synthetic.smear import (DEFAULT_CLASSES, Field, SmearConfig, max_cell_diameter_px, render_cell_crops,
                             render_field)
 
 SMALL = SmearConfig(width=320, height=240)

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from edge.bundle import load_bundle
+from edge.runtime.bundle import load_bundle
 from export.cli import main
 
 torch.set_num_threads(1)

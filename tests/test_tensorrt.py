@@ -24,19 +24,18 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.backends import BACKENDS, BackendError, open_runner
-from edge.backends.onnxruntime import OrtRunner
-from edge.backends.tensorrt_cache import CACHE_ENV, EngineCache, EngineKey, default_cache_dir
-from edge.backends.tensorrt_deps import GpuIdentity
-from edge.backends.tensorrt_plan import BatchProfile, BuildPlanError, plan_builds, tiles_per_frame
-from edge.bundle import load_bundle
+from edge.runtime.backends import BACKENDS, BackendError, open_runner
+from edge.runtime.backends.onnxruntime import OrtRunner
+from edge.runtime.backends.tensorrt_cache import CACHE_ENV, EngineCache, EngineKey, default_cache_dir
+from edge.runtime.backends.tensorrt_deps import GpuIdentity
+from edge.runtime.backends.tensorrt_plan import BatchProfile, BuildPlanError, plan_builds, tiles_per_frame
+from edge.runtime.bundle import load_bundle
 from edge.cli import main
-from edge.engine import CLASSIFIER_BATCH
-from edge.preprocess import to_model_input
-from edge.synthetic import SmearConfig, render_cell_crops, render_field
-from edge.tiling import cut_tiles, make_grid
-from tests.bundles import add_tensorrt_variant
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.engine import CLASSIFIER_BATCH
+from edge.runtime.preprocess import to_model_input
+from edge.synthetic.smear import SmearConfig, render_cell_crops, render_field
+from edge.runtime.tiling import cut_tiles, make_grid
+from tests.helpers import SYNTHETIC_BUNDLE, add_tensorrt_variant
 
 GPU = GpuIdentity("Orin (nvgpu)", (8, 7))
 KEY = EngineKey("Orin (nvgpu)", (8, 7), "10.3.0", "a" * 64, "fp16", "image",
@@ -304,7 +303,7 @@ def test_edge_run_on_tensorrt_without_it_is_one_line(monkeypatch, capsys, tmp_pa
 
 def test_the_tensorrt_modules_import_without_tensorrt_or_pycuda():
     code = ("import sys\n"
-            "import edge.backends.tensorrt, edge.backends.tensorrt_build, edge.cli\n"
+            "import edge.runtime.backends.tensorrt, edge.runtime.backends.tensorrt_build, edge.cli\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'torch')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -337,7 +336,7 @@ def _tensorrt_or_skip():
 def engine_cache(tmp_path_factory, bundle):
     """Real engines for the synthetic bundle, built once; only for the TensorRT cases."""
     _tensorrt_or_skip()
-    from edge.backends.tensorrt_build import build_engines
+    from edge.runtime.backends.tensorrt_build import build_engines
     cache = EngineCache(tmp_path_factory.mktemp("trt-cache"))
     build_engines(plan_builds(bundle, max_batch=CONFORMANCE_MAX_BATCH), cache)
     return cache

@@ -30,17 +30,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.bundles import SYNTHETIC_BUNDLE, add_tensorrt_variant
-from edge.backends import BackendError, open_runner
-from edge.backends.onnxruntime import OrtRunner
-from edge.backends.tensorrt_build import WORKSPACE_BYTES, build_engines
-from edge.backends.tensorrt_cache import CACHE_ENV, EngineCache
-from edge.backends.tensorrt_plan import plan_builds
-from edge.bundle import load_bundle, sha256_file
+from tests.helpers import SYNTHETIC_BUNDLE, add_tensorrt_variant
+from edge.runtime.backends import BackendError, open_runner
+from edge.runtime.backends.onnxruntime import OrtRunner
+from edge.runtime.backends.tensorrt_build import WORKSPACE_BYTES, build_engines
+from edge.runtime.backends.tensorrt_cache import CACHE_ENV, EngineCache
+from edge.runtime.backends.tensorrt_plan import plan_builds
+from edge.runtime.bundle import load_bundle, sha256_file
 from edge.cli import main
-from edge.engine import CellCounter
-from edge.preprocess import to_model_input
-from edge.synthetic import SmearConfig, render_cell_crops, render_field
+from edge.runtime.engine import CellCounter
+from edge.runtime.preprocess import to_model_input
+from edge.synthetic.smear import SmearConfig, render_cell_crops, render_field
 from export.quantise import ImageCalibrationReader, quantise_int8
 
 TRT_VERSION = "10.3.0"
@@ -439,7 +439,7 @@ def test_build_sets_planned_flags_profile_workspace_and_timing_cache(fake, bundl
 
 
 def _gpu():
-    from edge.backends.tensorrt_deps import GpuIdentity
+    from edge.runtime.backends.tensorrt_deps import GpuIdentity
     return GpuIdentity("Orin (nvgpu)", (8, 7))
 
 

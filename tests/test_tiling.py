@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.boxes import box_iou
-from edge.tiling import cut_tiles, make_grid, stitch
+from edge.runtime.boxes import box_iou
+from edge.runtime.tiling import cut_tiles, make_grid, stitch
 
 
 @pytest.mark.parametrize("w,h,tile,overlap", [(640, 480, 256, 96), (100, 80, 256, 96),

@@ -2,7 +2,7 @@
 
 The oracle detector reports, in each tile, the visible part of every cell
 (clipped to the tile, as a detector trained on clipped boxes would). Under the
-conditions in edge.tiling's docstring (cells disjoint, at least
+conditions in edge.runtime.tiling's docstring (cells disjoint, at least
 `corner_distance` wide and tall, overlap at least max(2, corner_distance) and
 more than 2 * edge_tolerance) stitching must return each cell, clipped to the
 frame, exactly once with its exact box: whatever its size, wherever it lies.
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.backends import Runner, TensorSpec
-from edge.bundle import load_bundle
-from edge.engine import CellCounter
-from edge.tiling import TileGrid, _close_pairs, make_grid, stitch
-from tests.bundles import SYNTHETIC_BUNDLE
+from edge.runtime.backends import Runner, TensorSpec
+from edge.runtime.bundle import load_bundle
+from edge.runtime.engine import CellCounter
+from edge.runtime.tiling import TileGrid, _close_pairs, make_grid, stitch
+from tests.helpers import SYNTHETIC_BUNDLE
 
 CORNER_DISTANCE = 8.0  # stitch's default; layouts draw overlaps of at least this (> 2 * edge tolerance 2)
 FAST = settings(max_examples=150, deadline=None)

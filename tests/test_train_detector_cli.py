@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge.bundle import load_bundle
+from edge.runtime.bundle import load_bundle
 from edge.cli import main as edge_main
-from edge.quality import QualityLimits
-from edge.synthetic import SmearConfig, max_cell_diameter_px
-from edge.synthetic_datasets import write_voc_fields
+from edge.runtime.quality import QualityLimits
+from edge.synthetic.smear import SmearConfig, max_cell_diameter_px
+from edge.synthetic.datasets import write_voc_fields
 from export.cli import main as export_main
 from export.detector_bundle import auto_overlap
 from export.detector_training import (DetectionDatasetSource, MixedSource, PairSource, field_tiles)
@@ -118,9 +118,9 @@ def test_mixed_source_follows_its_weights():
 
 def test_crop_context_is_fitted_to_the_classifier_images_framing(tmp_path):
     """Single-cell images cut 2.5 cell sizes wide: the fitted context frames device crops the same way."""
-    from edge.synthetic import render_field
+    from edge.synthetic.smear import render_field
     from export.detector_bundle import fit_crop_context
-    from tests.bundles import SYNTHETIC_BUNDLE
+    from tests.helpers import SYNTHETIC_BUNDLE
     folder = tmp_path / "cells" / "cell"
     folder.mkdir(parents=True)
     for seed in range(4):

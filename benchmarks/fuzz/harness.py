@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # The code under test, instrumented for libFuzzer's coverage feedback.
 with atheris.instrument_imports():
-    for module in ("edge.bundle", "edge.review.label_import", "edge.review.labels_file",
+    for module in ("edge.runtime.bundle", "edge.review.label_import", "edge.review.labels_file",
                    "edge.review.untrusted_zip", "firmware_bridge.framing", "firmware_bridge.messages"):
         importlib.import_module(module)
 
 from edge import DEFAULT_BUNDLE  # noqa: E402
 from firmware_bridge.framing import encode_frame  # noqa: E402
 from firmware_bridge.messages import FieldReady, Ping, ShowTally, to_frame  # noqa: E402
-from tests.test_reliability_fuzz import check_labels, check_manifest, check_serial  # noqa: E402
+from tests.helpers import check_labels, check_manifest, check_serial  # noqa: E402
 
 
 def manifest_target(work: Path):
@@ -51,7 +51,7 @@ def labels_target(work: Path):
     import io
     import zipfile
 
-    from tests.test_review_session_records import archive_manifest, export, labels_for, make_session
+    from tests.helpers import archive_manifest, export, labels_for, make_session
     session = make_session(work, frames=1)
     archive = export([session], work / "review.zip")
     manifest = archive_manifest(archive)[0]

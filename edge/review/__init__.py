@@ -2,6 +2,8 @@
 
 Torch-free like the rest of edge/. `edge review export` and `edge review import`
 are the commands; archive_export and label_import are their entry points.
+
+May import: edge.runtime, edge.counting (the session's records and review queue), `calibration`.
 """
 
 

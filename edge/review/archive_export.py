@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.runtime.atomic import atomic_file
 from edge.review import ReviewError, manifest
 from edge.review.coco import coco_json
 from edge.review.label_studio import label_studio_config, label_studio_tasks
@@ -48,15 +48,8 @@ def export_archive(session_dirs: list[Path], out: Path, include: tuple[str, ...]
                           + ("" if ACCEPTED_SAMPLE in include else " (add --include accepted-sample for a check of accepted ones)"))
     archive_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w") as zf:
-            body, manifest_sha = _write_members(zf, archive_id, sessions, picked, out.stem)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as fh, zipfile.ZipFile(fh, "w") as zf:
+        body, manifest_sha = _write_members(zf, archive_id, sessions, picked, out.stem)
     try:
         for session, cells in picked:
             _record_export(session, archive_id, manifest_sha, out, cells)

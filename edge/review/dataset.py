@@ -1,9 +1,10 @@
 """Expert-labelled crops as a folder per class, the layout training and `edge eval classify` read."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from edge.runtime.atomic import atomic_file
 
 
 def write_class_folders(out: Path, items: list[tuple[str, str, Path]], class_names: tuple[str, ...]) -> int:
@@ -13,9 +14,8 @@ def write_class_folders(out: Path, items: list[tuple[str, str, Path]], class_nam
         (out / name).mkdir(parents=True, exist_ok=True)
     for cell_id, label, crop in items:
         target = out / label / f"{cell_id}.png"
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(crop, tmp)
-        os.replace(tmp, target)
+        with open(crop, "rb") as src, atomic_file(target) as dst:
+            shutil.copyfileobj(src, dst)
         for other in class_names:
             if other != label:
                 (out / other / target.name).unlink(missing_ok=True)

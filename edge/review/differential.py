@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.binomial import clopper_pearson_upper
+from calibration.binomial import clopper_pearson_interval
 from edge.review import NOT_A_CELL, UNSURE
 
 CONFIDENCE = 0.95
-
-
-def clopper_pearson_interval(k: np.ndarray, n: int, confidence: float = CONFIDENCE) -> np.ndarray:
-    """(lower, upper) per entry of k successes in n trials, as an array of shape (len(k), 2)."""
-    k = np.asarray(k, dtype=np.int64)
-    half = (1.0 - confidence) / 2
-    upper = np.where(k == n, 1.0, clopper_pearson_upper(np.minimum(k, n - 1), n, half))
-    lower = np.where(k == 0, 0.0, 1.0 - clopper_pearson_upper(np.minimum(n - k, n - 1), n, half))
-    return np.stack([lower, upper], axis=1)
 
 
 def final_differential(class_names: tuple[str, ...], accepted: dict[str, str], rejected: dict[str, str],
@@ -69,12 +60,12 @@ def final_differential(class_names: tuple[str, ...], accepted: dict[str, str], r
                    "Clopper-Pearson on each class's share of the counted cells"),
     }
     if total:
-        ci = clopper_pearson_interval(counts, total)
-        report["ci95_percent"] = {n: [round(100 * lo, 3), round(100 * hi, 3)] for n, (lo, hi) in zip(class_names, ci)}
+        low, high = clopper_pearson_interval(counts, total, CONFIDENCE)
+        report["ci95_percent"] = {n: [round(100 * lo, 3), round(100 * hi, 3)] for n, lo, hi in zip(class_names, low, high)}
     if qc["checked"]:
         report["accepted_sample"]["agreement"] = qc["agreed"] / qc["checked"]
-        lo, hi = clopper_pearson_interval([qc["agreed"]], qc["checked"])[0]
-        report["accepted_sample"]["agreement_ci95"] = [float(lo), float(hi)]
+        low, high = clopper_pearson_interval(qc["agreed"], qc["checked"], CONFIDENCE)
+        report["accepted_sample"]["agreement_ci95"] = [float(low), float(high)]
     return report
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.runtime.atomic import write_atomic
 from edge.review import NOT_A_CELL, UNSURE, ReviewError
 from edge.review.dataset import write_class_folders
 from edge.review.differential import final_differential
@@ -195,12 +195,7 @@ def write_final_results(session: SessionRecord) -> dict:
               **final_differential(session.class_names, {c.cell_id: c.suggested for c in session.accepted},
                                    {c.cell_id: c.suggested for c in session.rejected}, labels),
               "imports": imports}
-    tmp = session.root / (FINAL_RESULTS + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, session.root / FINAL_RESULTS)
+    write_atomic(session.root / FINAL_RESULTS, json.dumps(report, indent=2))
     return report
 
 

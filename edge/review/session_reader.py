@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.bundle import BundleError, load_bundle
+from edge.runtime.bundle import BundleError, load_bundle
 from edge.review import ReviewError
 from edge.review.store import has_table, open_store
 

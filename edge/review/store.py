@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from edge.review import ReviewError
-from edge.review_queue import SCHEMA_VERSION, QueueVersionError, ReviewQueue
+from edge.counting.review_queue import SCHEMA_VERSION, QueueVersionError, ReviewQueue
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_exports (

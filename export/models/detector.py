@@ -4,7 +4,7 @@ One architecture, several named configurations (``DETECTOR_CONFIGS``), one
 factory (``build_detector``).
 
 Input: ``image`` (B, 3, T, T) float32, RGB, normalised by
-``edge.preprocess.to_model_input``. T must be a multiple of the backbone's
+``edge.runtime.preprocess.to_model_input``. T must be a multiple of the backbone's
 deepest stride (32); other sizes are padded inside the model.
 
 Network: a depthwise-separable CNN backbone with four stages (strides 4, 8, 16,

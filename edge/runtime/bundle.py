@@ -1,0 +1,472 @@
+"""Model bundle v1: the only contract between the export stage and the device.
+
+A bundle is a folder (or a .tar of one) holding manifest.json and the model
+files it names. Loading verifies every field and every SHA-256 before anything
+runs, and refuses a bad bundle with a `BundleError` whose message names the
+problem in one sentence.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.runtime.drift import DriftBands
+from edge.runtime.preprocess import Normalisation
+from edge.runtime.quality import QualityLimits
+
+log = logging.getLogger("edge.runtime.bundle")
+
+FORMAT_NAME = "edge-cell-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_ROLES = ("detector", "classifier")
+CLASSIFIER_HEADS = ("ccl", "softmax")
+PRECISIONS = ("fp32", "fp16", "int8")
+THRESHOLD_RULES = {"ccl": ("ccl",), "softmax": ("softmax", "icp")}
+THRESHOLD_KEYS = {"global", "target_accuracy", "method", "confidence", "rule", "per_class",
+                  "classifier_sha256", "calibration"}
+TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context"}
+
+
+class BundleError(ValueError):
+    """A bundle that does not verify; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class TensorRTVariant:
+    """The file TensorRT builds an INT8 model's engine from: the same model quantised symmetrically.
+
+    An INT8 model file is QDQ with uint8 activations (U8S8, what ONNX Runtime
+    runs fast on x86); TensorRT parses only symmetric int8 Q/DQ (zero points
+    0), so the export writes this twin beside it, calibrated on the same
+    ranges. Verified on load like the main file.
+    """
+
+    file: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model file and how to feed it; an INT8 model may carry its TensorRT variant."""
+
+    file: str
+    sha256: str
+    input_name: str
+    input_shape: tuple[int, int, int, int]  # N, C, H, W; N = -1 for a dynamic batch
+    outputs: tuple[str, ...]
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    colour_order: str = "RGB"
+    normalisation: Normalisation = field(default_factory=Normalisation)
+    precision: str = "fp32"
+    tensorrt: TensorRTVariant | None = None  # only for precision int8; older bundles have none
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.input_shape[2], self.input_shape[3]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The model's files in its bundle: its own, then its TensorRT variant's if it has one."""
+        return (self.file,) if self.tensorrt is None else (self.file, self.tensorrt.file)
+
+    def to_dict(self) -> dict:
+        d = {
+            "file": self.file, "sha256": self.sha256, "input_name": self.input_name,
+            "input_shape": list(self.input_shape), "outputs": list(self.outputs),
+            "layout": self.layout, "dtype": self.dtype, "colour_order": self.colour_order,
+            "normalisation": self.normalisation.to_dict(), "precision": self.precision,
+        }
+        if self.tensorrt is not None:
+            d["tensorrt"] = self.tensorrt.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Reject thresholds, fitted on the outputs of the classifier whose SHA-256 they record.
+
+    `rule` is what they were fitted for: "ccl" (the CCL confidence), "softmax"
+    (the top probability) or "icp" (a conformal predictor's per-class probability
+    cuts); None means the head's own rule. `method` is the search ("descending",
+    the CCL paper's, or "clopper-pearson"), `confidence` its 1 - delta. A
+    per-class threshold of inf sends every cell predicted as that class to review.
+    """
+
+    global_threshold: float
+    target_accuracy: float
+    method: str
+    per_class: dict[str, float] = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    classifier_sha256: str | None = None
+    rule: str | None = None
+    confidence: float | None = None
+
+    def for_class(self, name: str) -> float:
+        return self.per_class.get(name, self.global_threshold)
+
+    def to_dict(self) -> dict:
+        return {"global": self.global_threshold, "target_accuracy": self.target_accuracy,
+                "method": self.method, "confidence": self.confidence, "rule": self.rule,
+                "per_class": {k: v if math.isfinite(v) else "inf" for k, v in self.per_class.items()},
+                "classifier_sha256": self.classifier_sha256, "calibration": self.calibration}
+
+
+@dataclass(frozen=True)
+class Tiling:
+    tile_size: int
+    overlap: int
+    scale: float = 1.0  # frames are resized by this factor before tiling
+    score_threshold: float = 0.3
+    crop_context: float = 1.3  # crop side = context x the longer box side
+
+    def to_dict(self) -> dict:
+        return {"tile_size": self.tile_size, "overlap": self.overlap, "scale": self.scale,
+                "score_threshold": self.score_threshold, "crop_context": self.crop_context}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    class_names: tuple[str, ...]
+    classifier_head: str
+    ccl_sigma: float | None
+    detector: ModelSpec
+    classifier: ModelSpec
+    thresholds: Thresholds
+    tiling: Tiling
+    provenance: dict
+    manifest_sha256: str
+    quality: QualityLimits | None = None   # the field quality gate's limits; None: the defaults
+    drift: DriftBands | None = None        # expected bands of the drift statistics; None: not fitted
+
+    def model_path(self, spec: ModelSpec) -> Path:
+        return self.root / spec.file
+
+    def tensorrt_path(self, spec: ModelSpec) -> Path:
+        """The file TensorRT builds from and looks engines up by: the TensorRT variant if any, else the model's."""
+        return self.root / (spec.tensorrt.file if spec.tensorrt is not None else spec.file)
+
+
+# ---------------------------------------------------------------- writing
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_model_files(bundle: Bundle, spec: ModelSpec, root: Path) -> None:
+    """Copy one of `bundle`'s models into the folder `root`: its file and its TensorRT variant, if any."""
+    for name in spec.files:
+        target = Path(root) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / name, target)
+
+
+def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
+                 ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
+                 thresholds: Thresholds, tiling: Tiling, provenance: dict,
+                 quality: QualityLimits | None = None, drift: DriftBands | None = None) -> Path:
+    """Write manifest.json for model files already placed in `root`.
+
+    The SHA-256 fields of the specs (and of their TensorRT variants) are
+    recomputed from the files, so a caller cannot seal a bundle whose hashes
+    disagree with its contents.
+    """
+    root = Path(root)
+    models = {}
+    for role, spec in (("detector", detector), ("classifier", classifier)):
+        entry = spec.to_dict()
+        entry["sha256"] = sha256_file(root / spec.file)
+        if spec.tensorrt is not None:
+            entry["tensorrt"]["sha256"] = sha256_file(root / spec.tensorrt.file)
+        models[role] = entry
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "classifier_head": classifier_head,
+        "ccl_sigma": ccl_sigma,
+        "models": models,
+        "thresholds": thresholds.to_dict(),
+        "tiling": tiling.to_dict(),
+        "provenance": provenance,
+    }
+    if quality is not None:
+        manifest["quality"] = quality.to_dict()
+    if drift is not None:
+        manifest["drift"] = drift.to_dict()
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return root
+
+
+# ---------------------------------------------------------------- loading
+
+def load_bundle(path: str | Path, check_thresholds: bool = True) -> Bundle:
+    """Load and verify a bundle folder or .tar; raise BundleError if it does not verify.
+
+    `check_thresholds=False` skips only the check that the thresholds were fitted
+    on this classifier, for `edge calibrate`, which replaces them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if path.is_file():
+        path = _extract_tar(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    bundle = _parse_manifest(manifest, path.resolve(), hashlib.sha256(raw).hexdigest(), check_thresholds)
+    for role, spec in (("detector", bundle.detector), ("classifier", bundle.classifier)):
+        _verify_file(bundle.root, spec.file, spec.sha256, "model file")
+        if spec.tensorrt is not None:
+            _verify_file(bundle.root, spec.tensorrt.file, spec.tensorrt.sha256, f"the {role}'s TensorRT variant")
+    return bundle
+
+
+def _extract_tar(archive: Path) -> Path:
+    if not tarfile.is_tarfile(archive):
+        raise BundleError(f"bundle {archive} is neither a folder nor a tar archive")
+    target = Path(tempfile.mkdtemp(prefix="edge-bundle-"))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")  # refuses members that escape or are links out
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise BundleError(f"cannot unpack bundle {archive}: {exc}") from None
+    entries = [p for p in target.iterdir()]
+    if len(entries) == 1 and entries[0].is_dir() and not (target / MANIFEST).exists():
+        return entries[0]
+    return target
+
+
+def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: bool = True) -> Bundle:
+    _require(isinstance(m, dict), "the manifest is not a JSON object")
+    _require(m.get("format") == FORMAT_NAME,
+             f"the manifest's format is {m.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = m.get("format_version")
+    _require(version == FORMAT_VERSION,
+             f"unknown bundle format version {version!r}; this engine reads version {FORMAT_VERSION}")
+    known = {"format", "format_version", "class_names", "classifier_head", "ccl_sigma",
+             "models", "thresholds", "tiling", "provenance", "quality", "drift"}
+    extra = sorted(set(m) - known)
+    _require(not extra, f"the manifest has unknown fields: {', '.join(extra)}")
+
+    names = m.get("class_names")
+    _require(isinstance(names, list) and len(names) >= 2
+             and all(isinstance(n, str) and n for n in names),
+             "class_names must be a list of at least two non-empty strings")
+    _require(len(set(names)) == len(names), "class_names has duplicates")
+    head = m.get("classifier_head")
+    _require(head in CLASSIFIER_HEADS, f"classifier_head must be one of {CLASSIFIER_HEADS}, got {head!r}")
+    sigma = m.get("ccl_sigma")
+    if head == "ccl":
+        _require(_is_number(sigma) and sigma > 0, "ccl_sigma must be a positive number for a CCL head")
+
+    models = m.get("models")
+    _require(isinstance(models, dict) and set(models) == set(MODEL_ROLES),
+             f"models must name exactly {', '.join(MODEL_ROLES)}")
+    detector = _parse_model("detector", models["detector"], root)
+    classifier = _parse_model("classifier", models["classifier"], root)
+    _require(set(detector.outputs) == {"boxes", "scores"},
+             "the detector must have outputs 'boxes' and 'scores'")
+    _require(len(classifier.outputs) == 1, "the classifier must have exactly one output")
+
+    thresholds = _parse_thresholds(m.get("thresholds"), names, head)
+    if check_thresholds:
+        _check_thresholds_fit(thresholds, classifier, root)
+    tiling = _parse_tiling(m.get("tiling"), detector)
+    provenance = m.get("provenance")
+    _require(isinstance(provenance, dict), "provenance must be an object")
+    return Bundle(root=root, class_names=tuple(names), classifier_head=head,
+                  ccl_sigma=float(sigma) if sigma is not None else None,
+                  detector=detector, classifier=classifier, thresholds=thresholds,
+                  tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha,
+                  quality=_parse_optional("quality", m.get("quality"), QualityLimits.from_dict),
+                  drift=_parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names)))
+
+
+def _parse_optional(name: str, d: Any, parse):
+    """An optional manifest section (absent in older bundles): None, or parsed with its errors as BundleError."""
+    if d is None:
+        return None
+    try:
+        return parse(d)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"the manifest's {name} section is invalid: {exc}") from None
+
+
+def _parse_model(role: str, d: Any, root: Path) -> ModelSpec:
+    _require(isinstance(d, dict), f"models.{role} is not an object")
+    fields = {"file", "sha256", "input_name", "input_shape", "outputs", "layout", "dtype",
+              "colour_order", "normalisation", "precision"}
+    missing = sorted(fields - set(d))
+    _require(not missing, f"models.{role} lacks {', '.join(missing)}")
+    extra = sorted(set(d) - fields - {"tensorrt"})
+    _require(not extra, f"models.{role} has unknown fields: {', '.join(extra)}")
+    file = _parse_file(d["file"], root, f"models.{role}.file")
+    _require(_is_sha256(d["sha256"]), f"models.{role}.sha256 must be a 64-character hex digest")
+    shape = d["input_shape"]
+    _require(isinstance(shape, list) and len(shape) == 4
+             and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+             and (shape[0] == -1 or shape[0] > 0) and shape[1] == 3
+             and shape[2] > 0 and shape[3] > 0,
+             f"models.{role}.input_shape must be [N|-1, 3, H, W] with positive integers")
+    _require(isinstance(d["input_name"], str) and d["input_name"], f"models.{role}.input_name must be a string")
+    outputs = d["outputs"]
+    _require(isinstance(outputs, list) and outputs and all(isinstance(o, str) for o in outputs),
+             f"models.{role}.outputs must be a list of names")
+    _require(d["layout"] == "NCHW", f"models.{role}.layout must be NCHW")
+    _require(d["dtype"] == "float32", f"models.{role}.dtype must be float32")
+    _require(d["colour_order"] == "RGB", f"models.{role}.colour_order must be RGB")
+    _require(d["precision"] in PRECISIONS, f"models.{role}.precision must be one of {PRECISIONS}")
+    norm = d["normalisation"]
+    _require(isinstance(norm, dict) and set(norm) == {"mean", "std"} and all(
+        isinstance(norm[k], list) and len(norm[k]) == 3 and all(_is_finite(v) for v in norm[k])
+        for k in ("mean", "std")) and all(v > 0 for v in norm["std"]),
+        f"models.{role}.normalisation must have three-number mean and positive std, and nothing else")
+    tensorrt = None
+    if "tensorrt" in d:
+        tensorrt = _parse_tensorrt(d["tensorrt"], role, d["precision"], file, root)
+    return ModelSpec(file=file, sha256=d["sha256"].lower(), input_name=d["input_name"],
+                     input_shape=tuple(shape), outputs=tuple(outputs), layout=d["layout"],
+                     dtype=d["dtype"], colour_order=d["colour_order"],
+                     normalisation=Normalisation.from_dict(norm), precision=d["precision"], tensorrt=tensorrt)
+
+
+def _parse_file(file: Any, root: Path, where: str) -> str:
+    _require(isinstance(file, str) and file, f"{where} must be a file name")
+    _require((root / file).resolve().is_relative_to(root), f"{where} {file!r} points outside the bundle")
+    return file
+
+
+def _parse_tensorrt(d: Any, role: str, precision: str, model_file: str, root: Path) -> TensorRTVariant:
+    where = f"models.{role}.tensorrt"
+    _require(precision == "int8", f"{where} is only for an int8 model; this {role} is {precision}")
+    _require(isinstance(d, dict), f"{where} is not an object")
+    missing = sorted({"file", "sha256"} - set(d))
+    _require(not missing, f"{where} lacks {', '.join(missing)}")
+    _require_known_keys(d, {"file", "sha256"}, where)
+    file = _parse_file(d["file"], root, f"{where}.file")
+    _require((root / file).resolve() != (root / model_file).resolve(),
+             f"{where}.file must be a file of its own, not the model file {model_file!r}")
+    _require(_is_sha256(d["sha256"]), f"{where}.sha256 must be a 64-character hex digest")
+    return TensorRTVariant(file, d["sha256"].lower())
+
+
+def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
+    _require(isinstance(d, dict), "thresholds is not an object")
+    _require_known_keys(d, THRESHOLD_KEYS, "thresholds")
+    g = d.get("global")
+    _require(_is_number(g) and math.isfinite(g), "thresholds.global must be a finite number")
+    target = d.get("target_accuracy")
+    _require(_is_number(target) and 0 < target <= 1, "thresholds.target_accuracy must be in (0, 1]")
+    _require(isinstance(d.get("method"), str), "thresholds.method must be a string")
+    per_class = d.get("per_class", {})
+    _require(isinstance(per_class, dict) and all(
+        k in names and (v == "inf" or _is_number(v) and math.isfinite(v)) for k, v in per_class.items()),
+        'thresholds.per_class must map known class names to finite numbers or "inf"')
+    calibration = d.get("calibration", {})
+    _require(isinstance(calibration, dict), "thresholds.calibration must be an object")
+    sha = d.get("classifier_sha256")
+    _require(sha is None or isinstance(sha, str) and len(sha) == 64,
+             "thresholds.classifier_sha256 must be a 64-character hex digest")
+    rule = d.get("rule")
+    allowed = THRESHOLD_RULES[head]
+    _require(rule is None or rule in allowed,
+             f"thresholds.rule {rule!r} does not apply to a {head} head (allowed: {', '.join(allowed)})")
+    confidence = d.get("confidence")
+    _require(confidence is None or _is_number(confidence) and 0 < confidence < 1,
+             "thresholds.confidence must be in (0, 1) or null")
+    return Thresholds(float(g), float(target), d["method"],
+                      {k: float(v) for k, v in per_class.items()}, calibration,
+                      sha.lower() if sha else None, rule,
+                      float(confidence) if confidence is not None else None)
+
+
+def _check_thresholds_fit(thresholds: Thresholds, classifier: ModelSpec, root: Path) -> None:
+    """Thresholds belong to the model they were fitted on: refuse them on any other."""
+    fitted = thresholds.classifier_sha256
+    if fitted is None:
+        log.warning("the thresholds of bundle %s do not record the classifier they were fitted for; "
+                    "refit them on this model with `edge calibrate`", root)
+    elif fitted != classifier.sha256:
+        raise BundleError(f"the thresholds were fitted for classifier sha256 {fitted[:12]}..., not for this "
+                          f"bundle's {classifier.file} ({classifier.sha256[:12]}...): "
+                          "refit them on this model with `edge calibrate`")
+
+
+def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:
+    _require(isinstance(d, dict), "tiling is not an object")
+    _require_known_keys(d, TILING_KEYS, "tiling")
+    tile, overlap = d.get("tile_size"), d.get("overlap")
+    _require(_is_int(tile) and tile > 0, "tiling.tile_size must be a positive integer")
+    _require(_is_int(overlap) and 0 <= overlap < tile,
+             "tiling.overlap must be an integer in [0, tile_size)")
+    _require(detector.input_hw == (tile, tile),
+             f"tiling.tile_size {tile} does not match the detector input {detector.input_hw}")
+    scale = d.get("scale", 1.0)
+    _require(_is_number(scale) and 0 < scale <= 8, "tiling.scale must be in (0, 8]")
+    score = d.get("score_threshold", 0.3)
+    _require(_is_number(score) and 0 <= score <= 1, "tiling.score_threshold must be in [0, 1]")
+    context = d.get("crop_context", 1.3)
+    _require(_is_number(context) and 1 <= context <= 4, "tiling.crop_context must be in [1, 4]")
+    return Tiling(tile, overlap, float(scale), float(score), float(context))
+
+
+def _verify_file(root: Path, file: str, sha256: str, what: str) -> None:
+    path = root / file
+    if not path.is_file():
+        raise BundleError(f"{what} {file} named in the manifest is missing")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise BundleError(f"{what} {file} fails its SHA-256 check "
+                          f"(manifest {sha256[:12]}..., file {actual[:12]}...): "
+                          "the bundle is damaged or was altered")
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdefABCDEF" for c in v)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _require_known_keys(d: dict, known: set[str], where: str) -> None:
+    """A misspelt optional key would otherwise be ignored and its default used without a word."""
+    extra = sorted(set(d) - known)
+    _require(not extra, f"{where} has unknown fields: {', '.join(map(str, extra))}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise BundleError(message)
