@@ -9,8 +9,17 @@ hue shift, gamma, Gaussian blur (focus), sensor noise, JPEG re-encoding, and a
 jitter of the cell's box (scale and framing) before the cell view is cut.
 
 Each transform is a plain function of the image and its parameters; `Augment`
-draws the parameters from a numpy Generator, so a seed fixes the result. Every
-transform keeps the image's shape and dtype.
+draws the parameters from a numpy Generator, so a seed fixes the result per
+(seed, epoch, DataLoader worker) (torchvision's transform classes draw from
+torch's global generator instead). Every transform keeps the image's shape and dtype.
+
+Where torchvision.transforms.v2 has the same operation, it does the pixel work:
+brightness, contrast, saturation and erasing. The rest are ours, and why:
+the HED stain jitter, hue on OpenCV's full-range HSV and gamma have no v2
+equivalent of the same meaning; JPEG uses OpenCV's codec (torchvision 0.29
+deprecates its own image encoding); rotation fills its corners by reflection (v2
+fills a constant); crops and blur resample with OpenCV as the device does;
+noise and the box jitter act before the cell view is cut.
 """
 from __future__ import annotations
 
@@ -20,6 +29,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+import torchvision.transforms.v2.functional as tvf
 
 from edge.runtime.preprocess import IMAGENET_MEAN
 
@@ -39,6 +50,13 @@ MEAN_BGR: tuple[int, int, int] = tuple(round(255 * v) for v in IMAGENET_MEAN[::-
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _with_torchvision(image: np.ndarray, operation, *args) -> np.ndarray:
+    """Apply a torchvision v2 functional `operation` to a uint8 BGR image (H, W, 3)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image[..., ::-1])).permute(2, 0, 1)
+    out = operation(tensor, *args)
+    return np.ascontiguousarray(out.permute(1, 2, 0).numpy()[..., ::-1])
 
 
 # ---------------------------------------------------------------- geometry
@@ -102,19 +120,17 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
 
 def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
     """Scale every channel by `factor` (torchvision: blend with black)."""
-    return _to_uint8(image.astype(np.float32) * factor)
+    return _with_torchvision(image, tvf.adjust_brightness, factor)
 
 
 def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
     """Blend with the image's mean grey level (torchvision's adjust_contrast)."""
-    mean = float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean())
-    return _to_uint8(image.astype(np.float32) * factor + mean * (1.0 - factor))
+    return _with_torchvision(image, tvf.adjust_contrast, factor)
 
 
 def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
     """Blend with the pixel's own grey level: 0 gives grey, 1 the image (torchvision's adjust_saturation)."""
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)[..., None]
-    return _to_uint8(image.astype(np.float32) * factor + grey * (1.0 - factor))
+    return _with_torchvision(image, tvf.adjust_saturation, factor)
 
 
 def jitter_stains(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -152,7 +168,8 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as JPEG at `quality` (1-100) and decode: the block artefacts of compressed cameras."""
+    """Encode as JPEG at `quality` (1-100) and decode: the block artefacts of compressed cameras.
+    OpenCV's codec: torchvision 0.29 deprecates its own image encoding (v2's jpeg rests on it)."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("OpenCV could not encode a JPEG")
@@ -176,9 +193,8 @@ def jitter_box(box: np.ndarray, scale: float, shift: tuple[float, float]) -> np.
 def erase(image: np.ndarray, box: Box, fill: tuple[int, int, int]) -> np.ndarray:
     """Paint `box` with the BGR colour `fill`."""
     top, left, h, w = box
-    out = image.copy()
-    out[top:top + h, left:left + w] = fill
-    return out
+    value = torch.tensor(fill[::-1], dtype=torch.uint8)[:, None, None]  # RGB, as the tensor is
+    return _with_torchvision(image, tvf.erase, top, left, h, w, value)
 
 
 def random_erase_box(height: int, width: int, rng: np.random.Generator,

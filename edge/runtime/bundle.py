@@ -3,7 +3,9 @@
 A bundle is a folder (or a .tar of one) holding manifest.json and the model
 files it names. Loading verifies every field and every SHA-256 before anything
 runs, and refuses a bad bundle with a `BundleError` whose message names the
-problem in one sentence.
+problem in one sentence. The manifest's rules are also published as a JSON
+Schema (manifest.schema.json beside this file) that other implementations can
+read; the loader checks every manifest against it too, after its own checks.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ log = logging.getLogger("edge.runtime.bundle")
 FORMAT_NAME = "edge-cell-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SCHEMA = Path(__file__).with_name("manifest.schema.json")
 MODEL_ROLES = ("detector", "classifier")
 CLASSIFIER_HEADS = ("ccl", "softmax")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -260,6 +263,22 @@ def _extract_tar(archive: Path) -> Path:
     return target
 
 
+def manifest_schema() -> dict:
+    """The published JSON Schema of manifest.json (format version 1)."""
+    return json.loads(SCHEMA.read_text())
+
+
+def check_against_schema(manifest: Any) -> None:
+    """BundleError naming the first rule of the JSON Schema that `manifest` breaks."""
+    import jsonschema  # only loading a bundle needs it
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(manifest_schema()).iter_errors(manifest))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "the manifest"
+        raise BundleError(f"{where} does not match the manifest schema: {error.message}")
+
+
 def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: bool = True) -> Bundle:
     _require(isinstance(m, dict), "the manifest is not a JSON object")
     _require(m.get("format") == FORMAT_NAME,
@@ -298,12 +317,14 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     tiling = _parse_tiling(m.get("tiling"), detector)
     provenance = m.get("provenance")
     _require(isinstance(provenance, dict), "provenance must be an object")
+    quality = _parse_optional("quality", m.get("quality"), QualityLimits.from_dict)
+    drift = _parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names))
+    check_against_schema(m)
     return Bundle(root=root, class_names=tuple(names), classifier_head=head,
                   ccl_sigma=float(sigma) if sigma is not None else None,
                   detector=detector, classifier=classifier, thresholds=thresholds,
                   tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha,
-                  quality=_parse_optional("quality", m.get("quality"), QualityLimits.from_dict),
-                  drift=_parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names)))
+                  quality=quality, drift=drift)
 
 
 def _parse_optional(name: str, d: Any, parse):
