@@ -1,4 +1,4 @@
-"""`edge` command line: run, eval, info, synth, export, bench, build-engines."""
+"""`edge` command line: run, classify, eval, info, synth, export, bench, build-engines, review, calibrate."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the drift history across sessions (default: drift-history.jsonl beside the session)")
     _runtime_args(run)
     run.set_defaults(handler=_cmd_run)
+
+    clf = sub.add_parser("classify", help="single-cell images from other tools, each classified as the device "
+                                          "would classify that cell in a field; one CSV row per image")
+    clf.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
+                     help="images, or folders searched for images")
+    clf.add_argument("--csv", type=Path, required=True, help="write one row per image here")
+    _bundle_arg(clf)
+    _runtime_args(clf)
+    clf.set_defaults(handler=_cmd_classify)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
     info.add_argument("bundle", nargs="?", type=Path, default=DEFAULT_BUNDLE)
@@ -294,6 +303,14 @@ def _cmd_eval_classify(args) -> int:
     only = read_split_file(args.split_file, args.split) if args.split_file else None
     report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads, only=only)
     _emit(report, args.json)
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    from edge.evaluation.classify_images import classify_images, write_rows
+    rows, summary = classify_images(args.bundle, args.images, backend=args.backend, threads=args.threads)
+    write_rows(rows, args.csv)
+    _emit(summary | {"csv": str(args.csv)}, None)
     return 0
 
 

@@ -47,7 +47,8 @@ def classifier_outputs(bundle: Bundle, data: Path, only: set[str] | None = None,
     """
     paths, labels = read_class_folders(Path(data), bundle.class_names, only)
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
-        scores, kept, _ = single_cell_scores(counter, paths)
+        cells = single_cell_scores(counter, paths)
+        scores, kept = cells.scores, cells.kept
     if not kept:
         raise CalibrationError(f"no readable images under {data}")
     return scores, labels[kept], len(paths) - len(kept)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -64,28 +65,47 @@ def read_class_folders(data: Path, class_names: tuple[str, ...],
 def read_cell_view(counter: CellCounter, path: Path, size: int | None = None) -> tuple[np.ndarray, bool]:
     """A single-cell image's cell as the device sees it (edge.runtime.cell_view), for evaluation and
     calibration: (view, found by the detector); FrameError if the image cannot be read."""
+    view, found, _ = _read_located_view(counter, path, size)
+    return view, found
+
+
+def _read_located_view(counter: CellCounter, path: Path, size: int | None = None
+                       ) -> tuple[np.ndarray, bool, np.ndarray]:
+    """(view, found by the detector, the cell's box in the image)."""
     return counter.single_cell_view(as_bgr8(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)), size)
 
 
-def single_cell_scores(counter: CellCounter, paths: list[Path]) -> tuple[np.ndarray, list[int], int]:
-    """(scores, indices of the images read, how many were framed by the detector) for single-cell
-    images; an unreadable image is logged and left out."""
-    scores, kept, found = [], [], 0
+@dataclass
+class SingleCellScores:
+    """The classifier's scores for the single-cell images that could be read."""
+
+    scores: np.ndarray  # (K, C)
+    kept: list[int]     # index into the paths of each scored image
+    found: np.ndarray   # (K,) bool: the detector found the cell (else the stand-in framing)
+    boxes: np.ndarray   # (K, 4) the cell's box in its image
+
+
+def single_cell_scores(counter: CellCounter, paths: list[Path]) -> SingleCellScores:
+    """Scores of single-cell images, each cell framed as the device frames it; an unreadable image is
+    logged and left out."""
+    scores, kept, found, boxes = [], [], [], []
     for start in range(0, len(paths), CLASSIFIER_BATCH):
         batch = []
         for i in range(start, min(start + CLASSIFIER_BATCH, len(paths))):
             try:
-                view, detected = read_cell_view(counter, paths[i])
+                view, detected, box = _read_located_view(counter, paths[i])
             except FrameError as exc:
                 log.warning("skipped %s: %s", paths[i], exc)
                 continue
             batch.append(view)
             kept.append(i)
-            found += detected
+            found.append(detected)
+            boxes.append(box)
         if batch:
             scores.append(counter.classify_crops(np.stack(batch)))
     empty = np.zeros((0, len(counter.bundle.class_names)), np.float32)
-    return (np.concatenate(scores) if scores else empty), kept, found
+    return SingleCellScores(np.concatenate(scores) if scores else empty, kept, np.asarray(found, bool),
+                            np.asarray(boxes, np.float32).reshape(-1, 4))
 
 
 def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxruntime",
@@ -99,7 +119,8 @@ def evaluate_classifier(bundle_path: Path, data: Path, backend: str = "onnxrunti
     bundle = load_bundle(bundle_path)
     paths, labels = read_class_folders(data, bundle.class_names, only)
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
-        scores_all, kept, found = single_cell_scores(counter, paths)
+        cells = single_cell_scores(counter, paths)
+    scores_all, kept, found = cells.scores, cells.kept, int(cells.found.sum())
     if not kept:
         raise EvalDataError(f"no readable images under {data}")
     labels = labels[kept]

@@ -158,12 +158,13 @@ class CellCounter:
         or the stand-in box when none is found (edge.runtime.cell_view)."""
         return locate_cell(self.detect, as_bgr8(image), self.bundle.tiling.crop_context)
 
-    def single_cell_view(self, image: np.ndarray, size: int | None = None) -> tuple[np.ndarray, bool]:
-        """(view, found): a single-cell image's cell as the device would cut it from a field."""
+    def single_cell_view(self, image: np.ndarray, size: int | None = None) -> tuple[np.ndarray, bool, np.ndarray]:
+        """(view, found, box): a single-cell image's cell as the device would cut it from a field,
+        whether the detector found it (else the stand-in box frames it), and that box."""
         image = as_bgr8(image)
         box, found = self.locate_cell(image)
         size = size or self.bundle.classifier.input_hw[0]
-        return cell_views(image, box[None], size, self.bundle.tiling.crop_context)[0], found
+        return cell_views(image, box[None], size, self.bundle.tiling.crop_context)[0], found, box
 
     def classify_crops(self, crops: np.ndarray, clock: Clock = untimed) -> np.ndarray:
         spec = self.bundle.classifier
