@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="count every field, however poor its focus, light or stain")
     run.add_argument("--drift-history", type=Path, default=None,
                      help="the drift history across sessions (default: drift-history.jsonl beside the session)")
+    _pixel_size_arg(run)
     _runtime_args(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated data-set classes that count as the engine's cells, e.g. WBC")
     det.add_argument("--split", default=None, help="VOC image set name (e.g. test)")
     det.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    _pixel_size_arg(det)
     _runtime_args(det)
     det.set_defaults(handler=_cmd_eval_detect)
 
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CSV with columns file,class,xmin,ymin,xmax,ymax (and split), e.g. bccd/wbc_subtypes.csv")
     fld.add_argument("--split", default=None, help="only the rows of this split")
     fld.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    _pixel_size_arg(fld)
     _runtime_args(fld)
     fld.set_defaults(handler=_cmd_eval_fields)
 
@@ -248,6 +251,12 @@ def _bundle_arg(p: argparse.ArgumentParser) -> None:
                    help="model bundle folder or .tar (default: the shipped bundle)")
 
 
+def _pixel_size_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="the camera's micrometres per pixel: frames are resampled so the detector sees cells at "
+                        "the bundle's scale (default: frames are taken to be at the bundle's own pixel size)")
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
@@ -265,7 +274,8 @@ def _cmd_run(args) -> int:
                           sequential=args.sequential, display=args.display, serial=args.serial,
                           sim_fields=args.sim_fields, sim_noise=args.sim_noise,
                           field_trigger=args.field_trigger, still_seconds=args.still_seconds,
-                          quality=_quality_overrides(args), drift_history=args.drift_history)
+                          quality=_quality_overrides(args), drift_history=args.drift_history,
+                          pixel_size_um=args.pixel_size)
     return 0 if results["frames"]["counted"] else 1
 
 
@@ -294,6 +304,11 @@ def _cmd_info(args) -> int:
               + (f" (TensorRT variant {spec.tensorrt.file})" if spec.tensorrt else ""))
     print(f"threshold   {t.global_threshold:.4f} for accepted accuracy {t.target_accuracy:.3f} ({t.method})")
     print(f"tiling      tile {b.tiling.tile_size}, overlap {b.tiling.overlap}, scale {b.tiling.scale}")
+    if b.tiling.pixel_size_um is not None:
+        print(f"pixel size  {b.tiling.pixel_size_um} um per camera pixel; the detector sees "
+              f"{b.tiling.detector_pixel_size():.3g} um per pixel (--pixel-size adapts to another camera)")
+    else:
+        print("pixel size  not stated: frames must come from a camera like the bundle's own")
     print(f"provenance  {json.dumps(b.provenance)}")
     return 0
 
@@ -317,7 +332,7 @@ def _cmd_classify(args) -> int:
 def _cmd_eval_fields(args) -> int:
     from edge.evaluation.evaluate_fields import evaluate_field_cells
     report = evaluate_field_cells(args.bundle, args.data, args.labels, split=args.split,
-                                  backend=args.backend, threads=args.threads)
+                                  backend=args.backend, threads=args.threads, pixel_size_um=args.pixel_size)
     _emit(report, args.json)
     return 0
 
@@ -326,7 +341,7 @@ def _cmd_eval_detect(args) -> int:
     from edge.evaluation.evaluate import evaluate_detector
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     report = evaluate_detector(args.bundle, args.data, args.format, classes, split=args.split,
-                               backend=args.backend, threads=args.threads)
+                               backend=args.backend, threads=args.threads, pixel_size_um=args.pixel_size)
     _emit(report, args.json)
     return 0
 

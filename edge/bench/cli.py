@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", default=None, help="tile side in pixels of the bundle-scaled frame; a fixed-size "
                    "detector gets each tile resized to its input (default: the bundle's)")
     p.add_argument("--threads", default=None, help="inference threads (default: all cores)")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="the frames' micrometres per pixel (default: the bundle's)")
     p.add_argument("--review-dir", type=Path, default=None,
                    help="folder on the disk the review queue will use (default: the temp folder)")
     p.add_argument("--json", type=Path, default=None, help="write the report here, with a CSV and PNG charts")
@@ -104,7 +106,7 @@ def _bench(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     points, varying = grid(args)
     base = BenchConfig(bundle=Path(args.bundle), source=args.source, frames=args.frames, warmup=args.warmup,
-                       review_dir=args.review_dir)
+                       review_dir=args.review_dir, pixel_size_um=args.pixel_size)
     runs = []
     for i, point in enumerate(points):
         if len(points) > 1:

@@ -13,7 +13,7 @@ import numpy as np
 from edge.bench.machine import Tegrastats, describe_machine
 from edge.bench.pipeline import STAGES, StageClock, StagedCounter
 from edge.bench.roofline import RooflineUnavailable, count_ops, measure_peak
-from edge.runtime.bundle import Bundle, BundleError, load_bundle
+from edge.runtime.bundle import Bundle, BundleError, load_bundle, pixel_size_record
 from edge.runtime.frames import Frame
 from edge.counting.session import Session
 from edge.counting.sources import DEMO_SPEC, SourceError, SyntheticSource, open_source
@@ -35,6 +35,7 @@ class BenchConfig:
     tile: int | None = None
     threads: int | None = None
     review_dir: Path | None = None  # where the throwaway session is written (default: the temp folder)
+    pixel_size_um: float | None = None  # the frames' pixel size (None: the bundle's)
 
 
 class FrameSupply:
@@ -91,7 +92,7 @@ def check_precision(bundle: Bundle, wanted: str | None) -> str:
 def run_bench(cfg: BenchConfig) -> dict:
     if cfg.frames < 1 or cfg.warmup < 0:
         raise ValueError(f"--frames must be at least 1 and --warmup at least 0 (got {cfg.frames}, {cfg.warmup})")
-    bundle = load_bundle(cfg.bundle)
+    bundle = load_bundle(cfg.bundle).at_pixel_size(cfg.pixel_size_um)
     precision = check_precision(bundle, cfg.precision)
     supply = FrameSupply(cfg.source, cfg.frame_size, cfg.warmup + cfg.frames)
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -146,6 +147,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "counts": tally.counts(),
         "detector_tile_px": tiling.tile_size,
         "frame_scale": tiling.scale,
+        "pixel_size": pixel_size_record(bundle, cfg.pixel_size_um),
         "cpu_use": cpu / wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tegrastats": tegra.summary(),

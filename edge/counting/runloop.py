@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.counting.annotate import FieldWriter
-from edge.runtime.bundle import load_bundle
+from edge.runtime.bundle import load_bundle, pixel_size_record
 from edge.counting.display import LiveWindow
 from edge.runtime.drift import Alarm, DriftBands, DriftHistory, DriftMonitor
 from edge.runtime.engine import CellCounter
@@ -57,6 +57,7 @@ class RunOptions:
     sim_noise: float = 0.0              # share of corrupted bytes on the simulated line
     quality: dict | None = None         # quality gate settings over the bundle's (edge.runtime.quality.QualityLimits)
     drift_history: str | None = None    # the drift history file (default: drift-history.jsonl beside the session)
+    pixel_size_um: float | None = None  # the camera's micrometres per pixel (None: as the bundle's camera)
 
 
 def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None, out_dir: Path | None,
@@ -65,20 +66,23 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
                 sequential: bool = False, display: bool = False, serial: str | None = None,
                 sim_fields: int = 12, sim_noise: float = 0.0, field_trigger: str = "auto",
                 still_seconds: float = 0.3, quality: dict | None = None,
-                drift_history: Path | None = None) -> dict:
+                drift_history: Path | None = None, pixel_size_um: float | None = None) -> dict:
     """Count a source's fields into a session folder (or continue one); return the results.
 
-    `source_spec` is a source string (see edge.counting.sources) or an open FrameSource."""
+    `source_spec` is a source string (see edge.counting.sources) or an open FrameSource.
+    `pixel_size_um`: the camera's pixel size; frames are resampled so the detector sees cells at the
+    bundle's scale (edge.runtime.bundle.Tiling.for_pixel_size)."""
     stream = live or sys.stdout
     if resume:
-        bundle_path, source_spec = _resume_defaults(out_dir, bundle_path, source_spec)
+        bundle_path, source_spec, pixel_size_um = _resume_defaults(out_dir, bundle_path, source_spec, pixel_size_um)
     given = source_spec if isinstance(source_spec, FrameSource) else None
     options = RunOptions(source=given.description if given else source_spec or "demo", backend=backend,
                          threads=threads, max_fields=max_frames, target=target, save_fields=save_fields,
                          sequential=sequential, display=display, serial=serial, sim_fields=sim_fields,
                          sim_noise=sim_noise, field_trigger=field_trigger, still_seconds=still_seconds,
-                         quality=quality, drift_history=str(drift_history) if drift_history else None)
-    bundle = load_bundle(bundle_path)
+                         quality=quality, drift_history=str(drift_history) if drift_history else None,
+                         pixel_size_um=pixel_size_um)
+    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
     limits = quality_limits(bundle.quality, quality)
     out_dir = Path(out_dir) if out_dir else Path("edge-out") / time.strftime("session-%Y%m%dT%H%M%S")
     with contextlib.ExitStack() as cleanup:
@@ -92,6 +96,7 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
             source = FirmwareFieldSource(firmware, source)
         session = (Session.resume(out_dir, bundle) if resume else
                    Session(out_dir, bundle, source.description, settings=asdict(options)))
+        session.sections["pixel_size"] = pixel_size_record(bundle, pixel_size_um)
         progress = Progress(stream)
         progress.message(f"session {session.session_id} {'resumed' if resume else 'started'}: "
                          f"{source.description} -> {out_dir}")
@@ -303,16 +308,18 @@ def _open_firmware(options: RunOptions, cleanup: contextlib.ExitStack):
     return cleanup.enter_context(FirmwareLink(port).open())
 
 
-def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec: str | None
-                     ) -> tuple[Path, str]:
-    """A resumed session keeps its bundle and source unless told otherwise."""
+def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec: str | None,
+                     pixel_size_um: float | None) -> tuple[Path, str, float | None]:
+    """A resumed session keeps its bundle, source and pixel size unless told otherwise."""
     if out_dir is None:
         raise SessionError("--resume needs the session folder (--resume DIR)")
     meta_file = Path(out_dir) / "session.json"
     if not meta_file.exists():
         raise SessionError(f"{out_dir} holds no session to resume")
     meta = json.loads(meta_file.read_text())
-    return Path(bundle_path or meta["bundle"]), source_spec or meta["settings"]["source"]
+    settings = meta["settings"]
+    return (Path(bundle_path or meta["bundle"]), source_spec or settings["source"],
+            pixel_size_um if pixel_size_um is not None else settings.get("pixel_size_um"))
 
 
 def _summary(results: dict) -> str:

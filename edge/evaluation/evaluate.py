@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from calibration.metrics import reject_metrics
-from edge.runtime.bundle import load_bundle
+from edge.runtime.bundle import load_bundle, pixel_size_record
 from edge.evaluation.detection_data import load_detection_dataset, select_classes
 from edge.evaluation.detection_metrics import Prediction, Truth, evaluate_detection
 from edge.runtime.engine import CLASSIFIER_BATCH, CellCounter
@@ -152,9 +152,10 @@ def _without_threshold(d: dict) -> dict:
 
 def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str],
                       split: str | None = None, backend: str = "onnxruntime",
-                      threads: int | None = None) -> dict:
-    """Detection and counting figures of the bundle's tiled detector on annotated fields."""
-    bundle = load_bundle(bundle_path)
+                      threads: int | None = None, pixel_size_um: float | None = None) -> dict:
+    """Detection and counting figures of the bundle's tiled detector on annotated fields
+    (`pixel_size_um`: the fields' pixel size, when it is not the bundle's)."""
+    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
     dataset = select_classes(load_detection_dataset(data, fmt, split=split), classes)
     if len(dataset) == 0:
         raise EvalDataError(f"no images in {data}" + (f" split {split}" if split else ""))
@@ -173,4 +174,5 @@ def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str
     report = evaluate_detection(preds, truths, score_threshold=bundle.tiling.score_threshold)
     report["classes"] = classes
     report["bundle"] = str(bundle.root)
+    report["pixel_size"] = pixel_size_record(bundle, pixel_size_um)
     return report

@@ -19,7 +19,7 @@ import numpy as np
 
 from calibration.metrics import reject_metrics
 from edge.runtime.boxes import box_iou
-from edge.runtime.bundle import load_bundle
+from edge.runtime.bundle import load_bundle, pixel_size_record
 from edge.runtime.engine import CellCounter
 from edge.evaluation.evaluate import EvalDataError
 from edge.runtime.frames import FrameError, as_bgr8
@@ -60,9 +60,10 @@ def _image_path(data: Path, name: str) -> Path:
 
 
 def evaluate_field_cells(bundle_path: Path, data: Path, labels: Path, split: str | None = None,
-                         backend: str = "onnxruntime", threads: int | None = None) -> dict:
+                         backend: str = "onnxruntime", threads: int | None = None,
+                         pixel_size_um: float | None = None) -> dict:
     """Figures of the device path on labelled cells in fields (see the module docstring)."""
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
     cells = read_field_labels(labels, bundle.class_names, split)
     truth, scores, missed = [], [], {}
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
@@ -88,6 +89,7 @@ def evaluate_field_cells(bundle_path: Path, data: Path, labels: Path, split: str
     caught = wrong & ~decisions.accepted
     present = sorted(set(truth))
     return {
+        "pixel_size": pixel_size_record(bundle, pixel_size_um),
         "labelled_cells": len(cells),
         "found": len(truth),
         "missed_by_detector": missed,

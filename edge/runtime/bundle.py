@@ -16,7 +16,7 @@ import math
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 THRESHOLD_RULES = {"ccl": ("ccl",), "softmax": ("softmax", "icp")}
 THRESHOLD_KEYS = {"global", "target_accuracy", "method", "confidence", "rule", "per_class",
                   "classifier_sha256", "calibration"}
-TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context"}
+TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context", "pixel_size_um"}
 
 
 class BundleError(ValueError):
@@ -134,10 +134,32 @@ class Tiling:
     scale: float = 1.0  # frames are resized by this factor before tiling
     score_threshold: float = 0.3
     crop_context: float = 1.3  # crop side = context x the longer box side
+    # micrometres per pixel of the camera frames `scale` is for; the detector sees pixel_size_um / scale.
+    # None: not stated (the frames must then come from a camera like the bundle's own)
+    pixel_size_um: float | None = None
 
     def to_dict(self) -> dict:
-        return {"tile_size": self.tile_size, "overlap": self.overlap, "scale": self.scale,
-                "score_threshold": self.score_threshold, "crop_context": self.crop_context}
+        d = {"tile_size": self.tile_size, "overlap": self.overlap, "scale": self.scale,
+             "score_threshold": self.score_threshold, "crop_context": self.crop_context}
+        return d if self.pixel_size_um is None else d | {"pixel_size_um": self.pixel_size_um}
+
+    def detector_pixel_size(self) -> float | None:
+        """Micrometres per pixel of the frames as the detector sees them (after `scale`)."""
+        return None if self.pixel_size_um is None else self.pixel_size_um / self.scale
+
+    def for_pixel_size(self, pixel_size_um: float) -> "Tiling":
+        """This tiling for frames of `pixel_size_um`: rescaled so the detector sees cells at its own
+        scale. The cell view needs no change: it is cut relative to each cell's box."""
+        if self.pixel_size_um is None:
+            raise BundleError("this bundle does not state the pixel size its detector expects "
+                              "(tiling.pixel_size_um), so --pixel-size cannot be applied")
+        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+            raise BundleError(f"a pixel size must be a positive number of micrometres, got {pixel_size_um}")
+        scale = self.scale * pixel_size_um / self.pixel_size_um
+        if not 0 < scale <= 8:
+            raise BundleError(f"frames of {pixel_size_um} um per pixel would need the detector's frames "
+                              f"resized by {scale:.3g}, outside (0, 8]: is the pixel size right?")
+        return replace(self, scale=scale, pixel_size_um=float(pixel_size_um))
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,10 @@ class Bundle:
     manifest_sha256: str
     quality: QualityLimits | None = None   # the field quality gate's limits; None: the defaults
     drift: DriftBands | None = None        # expected bands of the drift statistics; None: not fitted
+
+    def at_pixel_size(self, pixel_size_um: float | None) -> "Bundle":
+        """This bundle for a camera of `pixel_size_um` micrometres per pixel (None: unchanged)."""
+        return self if pixel_size_um is None else replace(self, tiling=self.tiling.for_pixel_size(pixel_size_um))
 
     def model_path(self, spec: ModelSpec) -> Path:
         return self.root / spec.file
@@ -261,6 +287,18 @@ def _extract_tar(archive: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not (target / MANIFEST).exists():
         return entries[0]
     return target
+
+
+def pixel_size_record(bundle: Bundle, pixel_size_um: float | None) -> dict:
+    """What results.json says about the frames' scale: the pixel size used and where it came from."""
+    tiling = bundle.tiling
+    if pixel_size_um is not None:
+        source = "setting (--pixel-size)"
+    elif tiling.pixel_size_um is not None:
+        source = "the bundle's camera (no --pixel-size given: frames assumed to be at the bundle's scale)"
+    else:
+        source = "not stated (the bundle gives no pixel size; frames assumed to be like its training fields)"
+    return {"um_per_pixel": tiling.pixel_size_um, "source": source, "frame_scale": tiling.scale}
 
 
 def manifest_schema() -> dict:
@@ -452,7 +490,11 @@ def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:
     _require(_is_number(score) and 0 <= score <= 1, "tiling.score_threshold must be in [0, 1]")
     context = d.get("crop_context", 1.3)
     _require(_is_number(context) and 1 <= context <= 4, "tiling.crop_context must be in [1, 4]")
-    return Tiling(tile, overlap, float(scale), float(score), float(context))
+    pixel = d.get("pixel_size_um")
+    _require(pixel is None or _is_finite(pixel) and pixel > 0,
+             "tiling.pixel_size_um must be a positive number of micrometres per pixel")
+    return Tiling(tile, overlap, float(scale), float(score), float(context),
+                  None if pixel is None else float(pixel))
 
 
 def _verify_file(root: Path, file: str, sha256: str, what: str) -> None:
