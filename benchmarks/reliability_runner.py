@@ -1,7 +1,7 @@
-"""The long versions of the reliability suite, and the figures of RELIABILITY.md.
+"""The long versions of the reliability suite, and the figures of docs/reliability.md.
 
     python benchmarks/reliability_runner.py [--minutes 30] [--kills 100] [--fuzz-minutes 15]
-                                            [--out runs/reliability] [--doc RELIABILITY.md]
+                                            [--out runs/reliability] [--doc docs/reliability.md]
 
 1. Kill and resume: `edge run` on --kill-fields synthetic fields is SIGKILLed at random
    moments (uniform over 1.2 times the length of an uninterrupted run, start-up included) and
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuzz-minutes", type=float, default=15.0, help="fuzzing time for all targets (0: none)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "reliability")
-    p.add_argument("--doc", default=str(ROOT / "RELIABILITY.md"), help="rewrite its figures section ('': none)")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "reliability.md"), help="rewrite its figures section ('': none)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # Sections not run this time keep their last figures, each with its own date and command.
