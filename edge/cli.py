@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # argparse's REMAINDER refuses a leading --option: edge-bench parses its own
         from edge.bench.cli import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["export"]:  # the same for `edge export --help`
+        try:
+            return _cmd_export(argparse.Namespace(rest=argv[1:]))
+        except UserError as exc:
+            print(f"edge: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the stages one after another instead of pipelined (for comparison)")
     run.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
                      help="a field quality gate setting over the bundle's, e.g. min_focus=0.3 or "
-                          "max_stain_angle=8 (repeatable; see README: Field quality and drift)")
+                          "max_stain_angle=8 (repeatable; see docs/user-guide.md, The field quality gate)")
     run.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
                      help="count every field, however poor its focus, light or stain")
     run.add_argument("--drift-history", type=Path, default=None,

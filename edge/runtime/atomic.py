@@ -1,7 +1,7 @@
 """Writing a file so that a reader (or a restart after a crash or power cut) sees the old file or the
 whole new one, never a part: write a temporary file beside it, flush it to disk, rename it over the
 target, then flush the directory, which is what makes the rename itself survive a power cut
-(RELIABILITY.md). The one way every durable record, bundle file and checkpoint is written."""
+(docs/reliability.md). The one way every durable record, bundle file and checkpoint is written."""
 from __future__ import annotations
 
 import os
