@@ -29,7 +29,11 @@ log = logging.getLogger("export.cell_boxes")
 
 
 def _key(bundle: Bundle) -> dict:
-    return {"detector_sha256": bundle.detector.sha256, "tiling": bundle.tiling.to_dict()}
+    """What decides the boxes: the detector and how frames are tiled for it (not the stated pixel size,
+    which only says what camera the tiling's scale is for)."""
+    tiling = bundle.tiling.to_dict()
+    tiling.pop("pixel_size_um", None)
+    return {"detector_sha256": bundle.detector.sha256, "tiling": tiling}
 
 
 def find_cell_boxes(root: Path, paths: Sequence[str], bundle_path: Path,

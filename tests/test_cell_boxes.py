@@ -59,3 +59,13 @@ def test_split_boxes_follow_each_split_in_order(crops, tmp_path):
     first = split.items("validation")[0][0]
     alone, _, _ = find_cell_boxes(crops, [first], SYNTHETIC_BUNDLE, cell_boxes_file(split_file))
     np.testing.assert_allclose(boxes["validation"][0], alone[0])
+
+
+def test_the_cache_key_ignores_the_stated_pixel_size_but_not_the_tiling():
+    from dataclasses import replace
+
+    from edge.runtime.bundle import load_bundle
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
+    other_camera = bundle.at_pixel_size(0.125)  # another scale: other boxes
+    restated = replace(bundle, tiling=replace(bundle.tiling, pixel_size_um=0.3))  # same frames, same boxes
+    assert cell_boxes._key(restated) == cell_boxes._key(bundle) != cell_boxes._key(other_camera)
