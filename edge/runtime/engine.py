@@ -115,6 +115,7 @@ class CellCounter:
                 x = to_model_input(cut, None, spec.normalisation)
             with clock("detect"):
                 parts.append(run_batched(self.detector, spec, x, batch))
+            del cut, x  # one batch's tiles alive at a time, not two
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     @staticmethod
@@ -177,6 +178,7 @@ class CellCounter:
                 x = to_model_input(crops[i:i + CLASSIFIER_BATCH], None, spec.normalisation)
             with clock("classify"):
                 parts.append(run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]])
+            del x
         return np.concatenate(parts)
 
     def count_field(self, image: np.ndarray, clock: Clock = untimed) -> FieldResult:
