@@ -54,10 +54,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from edge.evaluation.calibrate import CalibrationError
     from edge.evaluation.detection_data import DatasetError
     from edge.evaluation.evaluate import EvalDataError
+    from edge.evaluation.site_fit import SiteFitError
     from edge.review import ReviewError
     from edge.counting.session import SessionError
     from edge.counting.sources import SourceError
-    return (BundleError, CalibrationError, DatasetError, DisplayError, EvalDataError, ReviewError, SessionError, SourceError, OSError)
+    return (BundleError, CalibrationError, DatasetError, DisplayError, EvalDataError, ReviewError, SessionError,
+            SiteFitError, SourceError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     _bundle_arg(clf)
     _runtime_args(clf)
     clf.set_defaults(handler=_cmd_classify)
+
+    site = sub.add_parser("site", help="fit a bundle to a lab's microscope and stain")
+    site_sub = site.add_subparsers(title="what", metavar="WHAT")
+    fit = site_sub.add_parser("fit", help="from the lab's own good fields, without labels: field quality limits "
+                                          "(stain, focus), pixel size, drift bands; writes a new verified bundle")
+    _bundle_arg(fit)
+    fit.add_argument("--source", required=True, help="the lab's fields: a folder, a camera, any edge run source")
+    fit.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
+    fit.add_argument("--fields", type=int, default=30, help="read at most this many fields (default 30)")
+    fit.add_argument("--json", type=Path, default=None, help="write the report here too")
+    _pixel_size_arg(fit)
+    _runtime_args(fit)
+    fit.set_defaults(handler=_cmd_site_fit)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
     info.add_argument("bundle", nargs="?", type=Path, default=DEFAULT_BUNDLE)
@@ -323,6 +338,14 @@ def _cmd_eval_classify(args) -> int:
     from edge.evaluation.evaluate import evaluate_classifier, read_split_file
     only = read_split_file(args.split_file, args.split) if args.split_file else None
     report = evaluate_classifier(args.bundle, args.data, backend=args.backend, threads=args.threads, only=only)
+    _emit(report, args.json)
+    return 0
+
+
+def _cmd_site_fit(args) -> int:
+    from edge.evaluation.site_fit import fit_site
+    report = fit_site(args.bundle, args.source, args.out, fields=args.fields, pixel_size_um=args.pixel_size,
+                      threads=args.threads)
     _emit(report, args.json)
     return 0
 

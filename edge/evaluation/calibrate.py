@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from calibration.rules import RuleFit, fit_rule, rule_confidence, rules_for_head
-from edge.runtime.bundle import (THRESHOLD_RULES, Bundle, Thresholds, copy_model_files, load_bundle, sha256_file,
-                         write_bundle)
+from edge.runtime.bundle import THRESHOLD_RULES, Bundle, Thresholds, derive_bundle, load_bundle, sha256_file
 from edge.runtime.decision import RejectRule
 from edge.runtime.drift import DriftBands, fit_drift_bands
 from edge.runtime.engine import CellCounter
@@ -204,27 +202,10 @@ def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float
 
 def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provenance_note: dict,
                       drift: DriftBands | None = None) -> None:
-    """Copy the bundle's models to a staging folder, seal it, verify it, move it to `out`."""
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        for spec in (bundle.detector, bundle.classifier):
-            copy_model_files(bundle, spec, staging)
-        if sha256_file(staging / bundle.classifier.file) != thresholds.classifier_sha256:
-            raise CalibrationError(f"{bundle.classifier.file} changed while it was being calibrated")
-        write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,
-                     ccl_sigma=bundle.ccl_sigma, detector=bundle.detector, classifier=bundle.classifier,
-                     thresholds=thresholds, tiling=bundle.tiling,
-                     provenance={**bundle.provenance, "calibration": provenance_note},
-                     quality=bundle.quality, drift=drift)
-        load_bundle(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()  # an empty folder, checked before calibrating
-    staging.rename(out)
+    """The bundle with the new thresholds (and drift bands), written and verified at `out`."""
+    if sha256_file(bundle.model_path(bundle.classifier)) != thresholds.classifier_sha256:
+        raise CalibrationError(f"{bundle.classifier.file} changed while it was being calibrated")
+    derive_bundle(bundle, out, "calibration", provenance_note, thresholds=thresholds, drift=drift)
 
 
 def _check_device_agrees(out: Path, fit: RuleFit, scores: np.ndarray) -> None:

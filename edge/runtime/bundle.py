@@ -207,6 +207,38 @@ def copy_model_files(bundle: Bundle, spec: ModelSpec, root: Path) -> None:
         shutil.copyfile(bundle.root / name, target)
 
 
+def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **changes) -> Bundle:
+    """A new bundle at `out`: `bundle`'s models, its manifest with `changes` (any of thresholds,
+    tiling, quality, drift) and `note` recorded under provenance[provenance_key]. Written to a
+    staging folder, sealed, verified by loading, then moved to `out` (which must not exist, or be an
+    empty folder): a failure leaves no half-written bundle."""
+    unknown = set(changes) - {"thresholds", "tiling", "quality", "drift"}
+    if unknown:
+        raise ValueError(f"derive_bundle cannot change {sorted(unknown)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out} exists and is not empty; give a new folder for the bundle")
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for spec in (bundle.detector, bundle.classifier):
+            copy_model_files(bundle, spec, staging)
+        fields = {"thresholds": bundle.thresholds, "tiling": bundle.tiling, "quality": bundle.quality,
+                  "drift": bundle.drift} | changes
+        write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,
+                     ccl_sigma=bundle.ccl_sigma, detector=bundle.detector, classifier=bundle.classifier,
+                     provenance={**bundle.provenance, provenance_key: note}, **fields)
+        load_bundle(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    return load_bundle(out)
+
+
 def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
                  ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
                  thresholds: Thresholds, tiling: Tiling, provenance: dict,
