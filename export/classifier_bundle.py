@@ -17,6 +17,7 @@ import torch
 
 from calibration.metrics import reject_metrics
 from calibration.thresholds import fit_threshold
+from edge.runtime.class_roles import infer_roles
 from edge.runtime.bundle import ModelSpec, Thresholds, copy_model_files, load_bundle, sha256_file, write_bundle
 from edge.runtime.decision import confidence_of
 from edge.runtime.cell_view import cell_views
@@ -89,6 +90,7 @@ def bundle_from_run(run: Path, data: Path, out: Path, split_file: Path | None = 
                                   classifier_sha256=sha256_file(onnx_path), rule=meta["head"],
                                   confidence=1 - fit.delta if fit.delta is not None else None),
             tiling=detector_source.tiling, quality=detector_source.quality,
+            class_roles=infer_roles(meta["class_names"]),
             provenance={"data": str(data), "split_file": str(split_file or run / "split.json"),
                         "classifier_run": str(run), "checkpoint": checkpoint, "epoch": int(state["epoch"]),
                         "detector_from": str(detector_source.root),

@@ -90,6 +90,7 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
                       "script": "edge export detector-bundle"}
         contents = dict(class_names=list(source.class_names), classifier_head=source.classifier_head,
                         ccl_sigma=source.ccl_sigma, classifier=source.classifier, thresholds=source.thresholds,
+                        class_roles=source.class_roles if source.class_roles_stated else None,
                         quality=quality, detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile),
                                                             ("boxes", "scores"), normalisation=Normalisation()))
         write_bundle(staging, tiling=tiling, provenance=provenance, **contents)

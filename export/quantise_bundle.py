@@ -231,6 +231,7 @@ def _seal(out: Path, tmp: Path, data: Path, source: Bundle, model: Path, twin: P
         thresholds=Thresholds(float(figures["threshold"]), target_accuracy, threshold_method,
                               classifier_sha256=sha256_file(provisional / file)),
         tiling=source.tiling, quality=source.quality,
+        class_roles=source.class_roles if source.class_roles_stated else None,
         provenance={"quantised_from": str(source.root), "source_provenance": source.provenance,
                     "quantisation": {"precision": precision, "kept": comparison["kept"],
                                      "calibration_images": calibration_size,

@@ -63,7 +63,7 @@ def test_target_count_stops_after_the_field_that_reaches_it(reference, tmp_path)
     _, ref = reference
     results = quiet_run(tmp_path / "t", target=1)
     assert results["frames"]["counted"] == 1
-    assert results["stop_reason"] == "target of 1 cells reached"
+    assert results["stop_reason"] == "target of 1 leukocytes reached"
     assert results["accepted"] + results["rejected"] >= 1
 
 
@@ -190,7 +190,7 @@ def test_firmware_session_on_a_noisy_line_counts_what_a_clean_line_counts(tmp_pa
         runs[name] = quiet_run(tmp_path / name, source="synthetic:frames=80,seed=8", serial="sim",
                                sim_fields=80, sim_noise=noise, target=500, save_fields=False)
     clean, noisy = runs["clean"], runs["noisy"]
-    assert clean["stop_reason"] == noisy["stop_reason"] == "target of 500 cells reached"
+    assert clean["stop_reason"] == noisy["stop_reason"] == "target of 500 leukocytes reached"
     assert clean["accepted"] + clean["rejected"] >= 500
     assert noisy["counts"] == clean["counts"] and noisy["rejected"] == clean["rejected"]
     assert noisy["frames"] == clean["frames"]

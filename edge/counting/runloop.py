@@ -120,6 +120,9 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
             raise
         finally:
             recorder.finish_drift()
+            target = recorder.target_section()
+            if target is not None:
+                session.sections["target"] = target
             results = session.close(recorder.stop_reason, recorder.loop_stats())
             progress.finish()
     progress.message(_summary(results))
@@ -161,8 +164,7 @@ class _Recorder:
             if self._limit_reached():
                 self.pipeline.stop()
                 if self.firmware is not None and self.options.target is not None:
-                    tally = self.session.tally
-                    self.firmware.target_reached(tally.total_accepted + tally.rejected)
+                    self.firmware.target_reached(self._leukocytes())
         ended_by = getattr(self.pipeline.source, "ended_by", "")
         if ended_by and self.stop_reason == "end of source":
             self.stop_reason = ended_by
@@ -171,10 +173,25 @@ class _Recorder:
         self.stop_reason = reason
         self.pipeline.stop()
 
+    def _leukocytes(self) -> int:
+        return self.session.tally.leukocytes(self.session.bundle.class_roles)
+
+    def target_section(self) -> dict | None:
+        """results.json's word on the target: reached, or where the count stopped below it."""
+        o = self.options
+        if o.target is None:
+            return None
+        counted = self._leukocytes()
+        section = {"target_leukocytes": o.target, "leukocytes": counted, "reached": counted >= o.target}
+        if counted < o.target:
+            section["warning"] = (f"the count stopped at {counted} leukocytes, below the target of {o.target} "
+                                  f"({self.stop_reason}): the differential covers fewer cells than asked for")
+        return section
+
     def _limit_reached(self) -> bool:
         o = self.options
-        if o.target is not None and self.session.tally.total_accepted + self.session.tally.rejected >= o.target:
-            self.stop_reason = f"target of {o.target} cells reached"
+        if o.target is not None and self._leukocytes() >= o.target:
+            self.stop_reason = f"target of {o.target} leukocytes reached"
             return True
         if o.max_fields is not None and self.fields_handled >= o.max_fields:
             self.stop_reason = f"{o.max_fields} fields done"
@@ -322,6 +339,34 @@ def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec
             pixel_size_um if pixel_size_um is not None else settings.get("pixel_size_um"))
 
 
+def differential_lines(d: dict) -> list[str]:
+    """The leukocyte differential for the terminal, saying plainly whether it is provisional."""
+    if d["provisional"]:
+        head = (f"  PROVISIONAL leukocyte differential: {d['leukocytes_accepted']} leukocytes accepted, "
+                f"{d['in_review']} cells await review; the range is what the percentage can still be "
+                "after review (95 %)")
+    else:
+        head = f"  leukocyte differential: {d['leukocytes_accepted']} leukocytes (95 % intervals)"
+    lines = [head]
+    for name, c in d["classes"].items():
+        accepted = "" if c["percent_of_accepted"] is None else f"{c['percent_of_accepted']:5.1f} % of accepted"
+        span = "" if c["range_percent"] is None else f"range {c['range_percent'][0]:.1f}-{c['range_percent'][1]:.1f} %"
+        point = f", estimate {c['point_percent']:.1f} %" if d["provisional"] and c["point_percent"] is not None else ""
+        lines.append(f"  {name:<14} {c['accepted']:>6}  {accepted}  {span}{point}")
+    nrbc = d["nrbc_per_100_leukocytes"]
+    if nrbc["accepted"] or nrbc["value"] is not None:
+        lines.append(f"  NRBC per 100 leukocytes: {nrbc['value'] if nrbc['value'] is not None else '-'} "
+                     f"({nrbc['accepted']} accepted)")
+    if d["counted_apart"]:
+        lines.append("  counted apart, not in the percentages: " +
+                     ", ".join(f"{n} {c}" for n, c in d["counted_apart"].items()))
+    if d["class_dependent_rejection"]["flag"]:
+        lines.append(f"  NOTE {d['class_dependent_rejection']['message']}")
+    if d.get("warning"):
+        lines.append(f"  WARNING {d['warning']}")
+    return lines
+
+
 def _summary(results: dict) -> str:
     lines = [f"done ({results.get('stop_reason', 'finished')}): {results['frames']['counted']} fields "
              f"counted, {results['frames']['skipped']} skipped, {results['fields_rejected_for_quality']['count']} "
@@ -332,8 +377,9 @@ def _summary(results: dict) -> str:
     alarms = (results.get("drift") or {}).get("alarms") or []
     for alarm in alarms:
         lines.append(f"  DRIFT ALARM {alarm['message']}")
-    for name, d in results["differential"].items():
-        lines.append(f"  {name:<14} {d['count']:>6}  {d['percent']:5.1f} %  (95 % CI {d['ci_low']:.1f}-{d['ci_high']:.1f})")
+    lines += differential_lines(results["leukocyte_differential"])
+    if (results.get("target") or {}).get("warning"):
+        lines.append(f"  WARNING {results['target']['warning']}")
     loop = results.get("loop") or {}
     if loop.get("latency_ms"):
         lines.append(f"  {loop['fields_per_s']:.2f} fields/s, latency p50 {loop['latency_ms']['p50']:.0f} ms, "

@@ -27,7 +27,7 @@ import numpy as np
 from edge.runtime.atomic import atomic_file, write_atomic
 from edge.runtime.bundle import Bundle
 from edge.runtime.decision import Decisions
-from edge.counting.differential import differential
+from edge.counting.differential import differential, leukocyte_differential
 from edge.runtime.engine import FieldResult
 from edge.runtime.frames import Frame
 from edge.runtime.quality import QUALITY_PREFIX, quality_check_name
@@ -140,6 +140,10 @@ class Session:
                 self.tally.accepted[names[predicted]] += n
             else:
                 self.tally.rejected += n
+                self.tally.rejected_by_class[names[predicted]] += n
+        queued = [json.loads(row["class_scores"]) for row in self.review.cells()]
+        if queued:
+            self.tally.add_review_scores(np.array([[s.get(n, 0.0) for n in bundle.class_names] for s in queued]))
         self._rewrite_cells_csv()
 
     # ------------------------------------------------------------ recording
@@ -192,7 +196,7 @@ class Session:
             self._db.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._append_cells_csv(rows, frame.origin)
         kept = _select(d, counted)
-        self.tally.add(kept)
+        self.tally.add(kept, result.class_scores[counted])
         self._write_results(finished=False)
 
     def skip(self, frame_id: int | None, reason: str) -> None:
@@ -256,6 +260,9 @@ class Session:
             "counts": self.tally.counts(),
             "differential_percent": self.tally.differential(),
             "differential": differential(self.tally.counts()),
+            "leukocyte_differential": leukocyte_differential(
+                self.bundle.class_names, self.bundle.class_roles, self.tally.accepted, self.tally.rejected_by_class,
+                self.tally.rejected_scores, bundle_rejection_by_class(self.bundle)),
             "accepted": self.tally.total_accepted,
             "rejected": self.tally.rejected,
             "duplicates_not_recounted": int(duplicates),
@@ -313,6 +320,13 @@ def _quality_summary(refused: list[dict]) -> dict:
         for name in set(quality_check_name(s["reason"])):
             by_check[name] = by_check.get(name, 0) + 1
     return {"count": len(refused), "by_check": dict(sorted(by_check.items())), "fields": refused}
+
+
+def bundle_rejection_by_class(bundle: Bundle) -> dict[str, float]:
+    """The share of each class's calibration cells the bundle's thresholds sent to review."""
+    per_class = (bundle.thresholds.calibration.get("calibration") or {}).get("per_class") or {}
+    return {bundle.class_names[int(i)]: float(d["rejection_rate"]) for i, d in per_class.items()
+            if str(i).isdigit() and int(i) < len(bundle.class_names) and d.get("rejection_rate") is not None}
 
 
 def _select(d: Decisions, keep: np.ndarray) -> Decisions:

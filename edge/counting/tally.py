@@ -11,11 +11,30 @@ class Tally:
         self.class_names = class_names
         self.accepted = np.zeros(len(class_names), dtype=np.int64)
         self.rejected = 0
+        self.rejected_by_class = np.zeros(len(class_names), dtype=np.int64)  # by the classifier's first class
+        self.rejected_scores = np.zeros(len(class_names), dtype=np.float64)  # sum of normalised scores
 
-    def add(self, decisions: Decisions) -> None:
+    def add(self, decisions: Decisions, class_scores: np.ndarray | None = None) -> None:
+        """Count one field's decisions; `class_scores` (N, C), when given, feed the point estimate
+        of what the cells in review are."""
         self.accepted += np.bincount(decisions.predicted[decisions.accepted],
                                      minlength=len(self.class_names))
-        self.rejected += int((~decisions.accepted).sum())
+        rejected = ~decisions.accepted
+        self.rejected += int(rejected.sum())
+        self.rejected_by_class += np.bincount(decisions.predicted[rejected], minlength=len(self.class_names))
+        if class_scores is not None and rejected.any():
+            self.add_review_scores(np.asarray(class_scores, np.float64)[rejected])
+
+    def add_review_scores(self, scores: np.ndarray) -> None:
+        """Add cells in review by their scores (rows normalised to sum to 1; an all-zero row is uniform)."""
+        sums = scores.sum(axis=1, keepdims=True)
+        self.rejected_scores += np.where(sums > 0, scores / np.where(sums > 0, sums, 1.0),
+                                         1.0 / scores.shape[1]).sum(axis=0)
+
+    def leukocytes(self, roles: dict[str, str]) -> int:
+        """Cells the classifier calls leukocytes, accepted or in review: what `--target` counts."""
+        leuk = np.array([roles.get(n) == "leukocyte" for n in self.class_names])
+        return int(self.accepted[leuk].sum() + self.rejected_by_class[leuk].sum())
 
     @property
     def total_accepted(self) -> int:

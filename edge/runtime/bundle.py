@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge.runtime.class_roles import check_roles, infer_roles
 from edge.runtime.drift import DriftBands
 from edge.runtime.preprocess import Normalisation
 from edge.runtime.quality import QualityLimits
@@ -176,6 +177,8 @@ class Bundle:
     manifest_sha256: str
     quality: QualityLimits | None = None   # the field quality gate's limits; None: the defaults
     drift: DriftBands | None = None        # expected bands of the drift statistics; None: not fitted
+    class_roles: dict[str, str] = field(default_factory=dict)  # class -> leukocyte | nrbc | platelet | other
+    class_roles_stated: bool = False       # given by the manifest (else read from the class names)
 
     def at_pixel_size(self, pixel_size_um: float | None) -> "Bundle":
         """This bundle for a camera of `pixel_size_um` micrometres per pixel (None: unchanged)."""
@@ -228,7 +231,8 @@ def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **
                   "drift": bundle.drift} | changes
         write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,
                      ccl_sigma=bundle.ccl_sigma, detector=bundle.detector, classifier=bundle.classifier,
-                     provenance={**bundle.provenance, provenance_key: note}, **fields)
+                     provenance={**bundle.provenance, provenance_key: note},
+                     class_roles=bundle.class_roles if bundle.class_roles_stated else None, **fields)
         load_bundle(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -242,7 +246,8 @@ def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **
 def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
                  ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
                  thresholds: Thresholds, tiling: Tiling, provenance: dict,
-                 quality: QualityLimits | None = None, drift: DriftBands | None = None) -> Path:
+                 quality: QualityLimits | None = None, drift: DriftBands | None = None,
+                 class_roles: dict[str, str] | None = None) -> Path:
     """Write manifest.json for model files already placed in `root`.
 
     The SHA-256 fields of the specs (and of their TensorRT variants) are
@@ -272,6 +277,8 @@ def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
         manifest["quality"] = quality.to_dict()
     if drift is not None:
         manifest["drift"] = drift.to_dict()
+    if class_roles is not None:
+        manifest["class_roles"] = dict(class_roles)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return root
 
@@ -357,7 +364,7 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     _require(version == FORMAT_VERSION,
              f"unknown bundle format version {version!r}; this engine reads version {FORMAT_VERSION}")
     known = {"format", "format_version", "class_names", "classifier_head", "ccl_sigma",
-             "models", "thresholds", "tiling", "provenance", "quality", "drift"}
+             "models", "thresholds", "tiling", "provenance", "quality", "drift", "class_roles"}
     extra = sorted(set(m) - known)
     _require(not extra, f"the manifest has unknown fields: {', '.join(extra)}")
 
@@ -389,12 +396,17 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     _require(isinstance(provenance, dict), "provenance must be an object")
     quality = _parse_optional("quality", m.get("quality"), QualityLimits.from_dict)
     drift = _parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names))
+    stated = m.get("class_roles")
+    try:
+        roles = infer_roles(names) if stated is None else check_roles(stated, names)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
     check_against_schema(m)
     return Bundle(root=root, class_names=tuple(names), classifier_head=head,
                   ccl_sigma=float(sigma) if sigma is not None else None,
                   detector=detector, classifier=classifier, thresholds=thresholds,
                   tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha,
-                  quality=quality, drift=drift)
+                  quality=quality, drift=drift, class_roles=roles, class_roles_stated=stated is not None)
 
 
 def _parse_optional(name: str, d: Any, parse):
