@@ -238,3 +238,24 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(case, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert _state(target) == before
+
+
+def test_the_final_leukocyte_differential_names_the_reviewer_and_keeps_smudge_and_unsure_apart(case, tmp_path):
+    session, archive, manifest = case
+    answers, rejected, _, _ = _answers(manifest)
+    pending = rejected[-1]["cell_id"]
+    del answers[pending]  # one rejected cell still waits
+    assert _import(session, labels_for(archive, answers, reviewer="Dr Final"), tmp_path) == 0
+    final = json.loads((session / "final_results.json").read_text())
+    d = final["leukocyte_differential"]
+    assert final["reviewed_by"] == ["Dr Final"] and final["last_import"] == final["imports"][-1]["imported"]
+    assert d["reported_apart"] == {"smudge_or_not_a_cell": 1, "unidentified_unsure": 1}
+    assert d["provisional"] and d["in_review"] == 1  # the unlabelled cell keeps it provisional
+    assert d["leukocytes_accepted"] == final["counted"]  # the synthetic classes are all leukocytes
+    for name, c in d["classes"].items():
+        low, high = c["range_percent"]
+        assert low <= 100 * final["counts"][name] / final["counted"] <= high
+    answers[pending] = manifest["class_names"][0]
+    assert _import(session, labels_for(archive, answers, reviewer="Dr Final"), tmp_path) == 0
+    done = json.loads((session / "final_results.json").read_text())["leukocyte_differential"]
+    assert not done["provisional"] and done["in_review"] == 0

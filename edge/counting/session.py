@@ -117,7 +117,7 @@ class Session:
         self.settings = settings
         meta = {"session_id": self.session_id, "source": source, "started": self.started,
                 "bundle": str(bundle.root), "bundle_manifest_sha256": bundle.manifest_sha256,
-                "class_names": list(bundle.class_names), "settings": settings}
+                "class_names": list(bundle.class_names), "class_roles": bundle.class_roles, "settings": settings}
         with self._db:  # a creation stopped before session.json was written left its meta behind
             self._db.execute("DELETE FROM meta")
             self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",

@@ -12,14 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.binomial import clopper_pearson_interval
+from edge.counting.differential import leukocyte_differential
 from edge.review import NOT_A_CELL, UNSURE
+from edge.runtime.class_roles import infer_roles
 
 CONFIDENCE = 0.95
 
 
 def final_differential(class_names: tuple[str, ...], accepted: dict[str, str], rejected: dict[str, str],
-                       labels: dict[str, str]) -> dict:
-    """accepted and rejected map cell id -> the machine's class; labels map cell id -> the expert's answer."""
+                       labels: dict[str, str], roles: dict[str, str] | None = None) -> dict:
+    """accepted and rejected map cell id -> the machine's class; labels map cell id -> the expert's answer;
+    roles: each class's role for the leukocyte differential (default: read from the class names)."""
     index = {n: i for i, n in enumerate(class_names)}
     machine = np.zeros(len(class_names), np.int64)
     expert = np.zeros(len(class_names), np.int64)
@@ -59,6 +62,14 @@ def final_differential(class_names: tuple[str, ...], accepted: dict[str, str], r
                    "unlabelled cells left out (complete=false); 95 % intervals are exact two-sided "
                    "Clopper-Pearson on each class's share of the counted cells"),
     }
+    pending_by_class = np.bincount([index[rejected[c]] for c in rejected if labels.get(c) is None],
+                                   minlength=len(class_names))
+    report["leukocyte_differential"] = leukocyte_differential(
+        class_names, roles or infer_roles(class_names), counts, pending_by_class, pending_by_class.astype(float),
+        level=CONFIDENCE)
+    report["leukocyte_differential"]["reported_apart"] = {
+        "smudge_or_not_a_cell": answers.count(NOT_A_CELL) + qc["not_a_cell"],
+        "unidentified_unsure": unsure}
     if total:
         low, high = clopper_pearson_interval(counts, total, CONFIDENCE)
         report["ci95_percent"] = {n: [round(100 * lo, 3), round(100 * hi, 3)] for n, lo, hi in zip(class_names, low, high)}

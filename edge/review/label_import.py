@@ -193,7 +193,9 @@ def write_final_results(session: SessionRecord) -> dict:
     report = {"session_id": session.session_id, "session_finished": session.finished,
               "machine": {"accepted": len(session.accepted), "rejected": len(session.rejected)},
               **final_differential(session.class_names, {c.cell_id: c.suggested for c in session.accepted},
-                                   {c.cell_id: c.suggested for c in session.rejected}, labels),
+                                   {c.cell_id: c.suggested for c in session.rejected}, labels, session.class_roles),
+              "reviewed_by": sorted({i["reviewer"] for i in imports}),
+              "last_import": imports[-1]["imported"] if imports else None,
               "imports": imports}
     write_atomic(session.root / FINAL_RESULTS, json.dumps(report, indent=2))
     return report

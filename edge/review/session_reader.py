@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.class_roles import infer_roles
 from edge.review import ReviewError
 from edge.review.store import has_table, open_store
 
@@ -47,6 +48,7 @@ class SessionRecord:
     rejected: list[ReviewCell]
     accepted: list[ReviewCell]
     fields: dict[int, Field]
+    class_roles: dict[str, str] = field(default_factory=dict)  # from session.json, else read from the names
 
     @property
     def review_dir(self) -> Path:
@@ -71,9 +73,13 @@ def read_session(root: Path) -> SessionRecord:
                   for r in (db.execute("SELECT * FROM fields") if has_table(db, "fields") else [])}
     finally:
         db.close()
+    names = _class_names(root, meta)
+    roles = meta.get("class_roles")
+    if not (isinstance(roles, dict) and set(roles) == set(names)):
+        roles = infer_roles(names)  # a session from before roles were recorded
     return SessionRecord(root, session_id, str(meta.get("bundle_manifest_sha256", "")),
-                         _class_names(root, meta), bool(results.get("finished")), rejected,
-                         _accepted_cells(root / "cells.csv", session_id), fields)
+                         names, bool(results.get("finished")), rejected,
+                         _accepted_cells(root / "cells.csv", session_id), fields, roles)
 
 
 def _class_names(root: Path, meta: dict) -> tuple[str, ...]:
