@@ -26,6 +26,8 @@ def add_distil_commands(sub) -> None:
                     help="fractions of the epochs where lr is cut x0.1")
     dc.add_argument("--warmup-epochs", type=float, default=1.0,
                     help="epochs over which the learning rate rises linearly from 0, step by step")
+    dc.add_argument("--max-grad-norm", type=float, default=1.0,
+                    help="cut the gradient's global norm to this before each step (0: no cut)")
     dc.add_argument("--soft-weight", type=float, default=0.5,
                     help="share of the teacher's D vector in the target (the rest is the hard label)")
     dc.add_argument("--teacher-views", type=int, default=0, metavar="K",
@@ -96,7 +98,8 @@ def _distil_classifier(args) -> int:
     config = DistilConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, lr_drops=args.lr_drops, seed=args.seed,
                           target_accuracy=args.target_accuracy, soft_weight=args.soft_weight,
-                          teacher_views=args.teacher_views, warmup_epochs=args.warmup_epochs)
+                          teacher_views=args.teacher_views, warmup_epochs=args.warmup_epochs,
+                          max_grad_norm=args.max_grad_norm or None)
     student, history = distil_on_folder(
         args.teacher, args.data, args.split_file, args.out, config, arch=args.arch, img_size=args.img_size,
         teacher_checkpoint=args.teacher_checkpoint, workers=args.workers,

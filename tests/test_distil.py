@@ -133,6 +133,28 @@ def test_the_distillation_loss_falls_over_a_tiny_run(teacher_run, tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_the_gradient_norm_is_cut_before_each_step(teacher_run, tmp_path):
+    root, data = teacher_run
+    split = Split.from_json(json.loads((root / "split.json").read_text()))
+    teacher, meta = load_run_classifier(root / "teacher")
+    norm = Normalisation()
+    train = DataLoader(TwoSizeCrops(data, split.items("train"), 32, norm, teacher_size=48), batch_size=4)
+    evaluation = {name: DataLoader(FolderCrops(data, split.items(split_name), size, norm), batch_size=8)
+                  for name, split_name, size in (("calibration", "calibration", 32), ("validation", "validation", 32),
+                                                 ("teacher_validation", "validation", 48))}
+    moved = {}
+    for cut in (None, 1e-12):
+        torch.manual_seed(0)
+        student = build_classifier("crossformer_tiny_test", 32, len(split.class_names))
+        before = torch.cat([p.detach().flatten().clone() for p in student.backbone.parameters()])
+        config = DistilConfig(epochs=1, lr=3e-3, warmup_epochs=0, max_grad_norm=cut)
+        distil_classifier(teacher, student, train, config, out_dir=tmp_path / str(cut), meta=meta | {"img_size": 32},
+                          progress=False, **evaluation)
+        after = torch.cat([p.detach().flatten() for p in student.backbone.parameters()])
+        moved[cut] = float((after - before).abs().max())
+    assert moved[1e-12] < 0.05 * moved[None]  # a gradient cut to nothing moves the weights (almost) nowhere
+
+
 def test_refuses_a_split_of_other_classes_and_a_softmax_teacher(teacher_run, tmp_path):
     root, data = teacher_run
     other = json.loads((root / "split.json").read_text())
