@@ -319,6 +319,11 @@ def _cmd_info(args) -> int:
     print(f"verified    manifest sha256 {b.manifest_sha256[:16]}..., "
           f"{len(b.detector.files) + len(b.classifier.files)} model files")
     print(f"classes     {', '.join(b.class_names)}")
+    roles: dict[str, list[str]] = {}
+    for name, role in b.class_roles.items():
+        roles.setdefault(role, []).append(name)
+    print("roles       " + "; ".join(f"{role}: {', '.join(names)}" for role, names in roles.items()) +
+          ("" if b.class_roles_stated else " (read from the class names: the manifest does not state them)"))
     print(f"head        {b.classifier_head}" + (f" (sigma {b.ccl_sigma})" if b.ccl_sigma else ""))
     for role, spec in (("detector", b.detector), ("classifier", b.classifier)):
         print(f"{role:<11} {spec.file} input {spec.input_name} {list(spec.input_shape)} {spec.precision}"

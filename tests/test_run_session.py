@@ -89,7 +89,10 @@ def test_import_edge_and_a_whole_run_load_no_torch(tmp_path):
 
 def test_info_describes_the_default_bundle(capsys):
     assert main(["info"]) == 0
-    assert "classes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "classes" in out
+    assert "roles       leukocyte: basophil, eosinophil, ig, lymphocyte, monocyte, neutrophil; nrbc: erythroblast; " \
+           "platelet: platelet\n" in out
 
 
 def test_display_without_a_gui_is_a_one_line_error(tmp_path, capsys):
