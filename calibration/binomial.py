@@ -114,13 +114,21 @@ def clopper_pearson_interval(k, n: int, level: float = 0.95) -> tuple[np.ndarray
     probability at least `level`; each side is a one-sided bound at (1 - level) / 2, with the
     lower bound 0 at k = 0 and the upper 1 at k = n. These are the exact limits that Rumke tabulated
     for manual differentials and that CLSI H20 uses. With n = 0 nothing is known: [0, 1]."""
-    k = np.asarray(k, dtype=np.int64)
+    return clopper_pearson_bounds(k, k, n, level)
+
+
+def clopper_pearson_bounds(k_lower, k_upper, n: int, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The two-sided interval's lower end for `k_lower` successes and its upper end for `k_upper`,
+    both in `n` trials, found in one bisection (the bisection is what a call costs)."""
+    k_lower, k_upper = np.broadcast_arrays(np.asarray(k_lower, dtype=np.int64), np.asarray(k_upper, dtype=np.int64))
     if n == 0:
-        return np.zeros(k.shape), np.ones(k.shape)
+        return np.zeros(k_lower.shape), np.ones(k_upper.shape)
     tail = (1.0 - level) / 2.0
-    upper = np.where(k == n, 1.0, clopper_pearson_upper(np.minimum(k, n - 1), n, tail))
-    lower = np.where(k == 0, 0.0, 1.0 - clopper_pearson_upper(np.minimum(n - k, n - 1), n, tail))
-    return lower, upper
+    # the lower end for k is one minus the upper end for the n - k failures
+    bounds = clopper_pearson_upper(np.minimum(np.concatenate([k_upper.ravel(), (n - k_lower).ravel()]), n - 1),
+                                   n, tail)
+    upper, lower = bounds[:k_upper.size].reshape(k_upper.shape), 1.0 - bounds[k_upper.size:].reshape(k_lower.shape)
+    return np.where(k_lower == 0, 0.0, lower), np.where(k_upper == n, 1.0, upper)
 
 
 def _bisect_upper(k: np.ndarray, n: np.ndarray, delta: float) -> np.ndarray:

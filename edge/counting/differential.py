@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.binomial import clopper_pearson_interval
+from calibration.binomial import clopper_pearson_bounds, clopper_pearson_interval
 
 
 def differential(counts: dict[str, int], level: float = 0.95) -> dict[str, dict[str, float]]:
@@ -49,8 +49,7 @@ def leukocyte_differential(class_names, roles: dict[str, str], accepted, rejecte
     nrbc = np.array([roles.get(n) == "nrbc" for n in names])
     a_total, in_review = int(accepted[leuk].sum()), int(rejected_by_class.sum())
     n = a_total + in_review
-    low, _ = clopper_pearson_interval(accepted[leuk], n, level)
-    _, high = clopper_pearson_interval(accepted[leuk] + in_review, n, level)
+    low, high = clopper_pearson_bounds(accepted[leuk], accepted[leuk] + in_review, n, level)
     expected = accepted[leuk] + rejected_scores[leuk]
     expected_total = float(expected.sum())
     classes = {}
