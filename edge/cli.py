@@ -126,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     _pixel_size_arg(fit)
     _runtime_args(fit)
     fit.set_defaults(handler=_cmd_site_fit)
+    ruler = site_sub.add_parser("ruler", help="read the red-cell ruler on fields at the bundle's own pixel size, "
+                                              "so devices can estimate their camera's pixel size from the fields")
+    _bundle_arg(ruler)
+    ruler.add_argument("--source", required=True, help="fields at the bundle's pixel size (its own lab's)")
+    ruler.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
+    ruler.add_argument("--fields", type=int, default=1000, help="read at most this many fields (default 1000)")
+    ruler.add_argument("--json", type=Path, default=None, help="write the report here too")
+    ruler.set_defaults(handler=_cmd_site_ruler)
+    stain = site_sub.add_parser("stain", help="normalise the classifier's views toward the stain of its own "
+                                              "training images (or --off); writes a new verified bundle")
+    _bundle_arg(stain)
+    what = stain.add_mutually_exclusive_group(required=True)
+    what.add_argument("--reference", type=Path, help="the classifier's training images (a folder, searched deeply)")
+    what.add_argument("--off", action="store_true", help="write the bundle without stain normalisation")
+    stain.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
+    stain.add_argument("--samples", type=int, default=300, help="reference images sampled (default 300)")
+    stain.set_defaults(handler=_cmd_site_stain)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
     info.add_argument("bundle", nargs="?", type=Path, default=DEFAULT_BUNDLE)
@@ -192,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--data", type=Path, default=None, help="labelled single-cell images, one folder per class")
     cal.add_argument("--from-review", type=Path, nargs="+", default=[], metavar="SESSION",
                      help="site recalibration: also fit on the cells experts labelled in these sessions' review")
+    cal.add_argument("--adapt-centroids", action="store_true",
+                     help="with --from-review: move the CCL centroids toward part of the labelled cells and fit "
+                          "the thresholds on the rest (the bundle must state ccl_centroids)")
+    cal.add_argument("--shrinkage", type=float, default=10.0,
+                     help="--adapt-centroids: the old centroid weighs as much as this many cells (default 10)")
+    cal.add_argument("--adapt-share", type=float, default=0.5,
+                     help="--adapt-centroids: share of each class's labelled cells that moves the centroids "
+                          "(default 0.5; the rest fit the thresholds)")
+    cal.add_argument("--seed", type=int, default=0, help="--adapt-centroids: the random split of the cells")
     cal.add_argument("--split-file", type=Path, default=None, help="fit on one split of this split file")
     cal.add_argument("--split", default="calibration", help="the split to fit on (default calibration)")
     cal.add_argument("--eval-split", default=None, help="also judge every rule on this held-out split")
@@ -275,7 +301,8 @@ def _bundle_arg(p: argparse.ArgumentParser) -> None:
 def _pixel_size_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                    help="the camera's micrometres per pixel: frames are resampled so the detector sees cells at "
-                        "the bundle's scale (default: frames are taken to be at the bundle's own pixel size)")
+                        "the bundle's scale (default: estimated from the red cells in the fields when the bundle "
+                        "states its red-cell ruler, else the bundle's own pixel size)")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -333,6 +360,9 @@ def _cmd_info(args) -> int:
     if b.tiling.pixel_size_um is not None:
         print(f"pixel size  {b.tiling.pixel_size_um} um per camera pixel; the detector sees "
               f"{b.tiling.detector_pixel_size():.3g} um per pixel (--pixel-size adapts to another camera)")
+        if b.tiling.red_cell_chord_um is not None:
+            print(f"ruler       red cells: modal chord {b.tiling.red_cell_chord_um:.2f} um; without --pixel-size "
+                  f"the pixel size is estimated from the fields")
     else:
         print("pixel size  not stated: frames must come from a camera like the bundle's own")
     print(f"provenance  {json.dumps(b.provenance)}")
@@ -352,6 +382,18 @@ def _cmd_site_fit(args) -> int:
     report = fit_site(args.bundle, args.source, args.out, fields=args.fields, pixel_size_um=args.pixel_size,
                       threads=args.threads)
     _emit(report, args.json)
+    return 0
+
+
+def _cmd_site_ruler(args) -> int:
+    from edge.evaluation.site_fit import state_ruler
+    _emit(state_ruler(args.bundle, args.source, args.out, fields=args.fields), args.json)
+    return 0
+
+
+def _cmd_site_stain(args) -> int:
+    from edge.evaluation.stain_reference import state_stain_reference
+    _emit(state_stain_reference(args.bundle, None if args.off else args.reference, args.out, args.samples), None)
     return 0
 
 
@@ -399,7 +441,8 @@ def _cmd_calibrate(args) -> int:
                               only=only, backend=args.backend, threads=args.threads, search=args.search,
                               min_per_class=args.min_per_class, evaluate_only=held_out,
                               compare=tuple(args.compare), report_dir=report_dir, source_note=note,
-                              review_sessions=tuple(args.from_review))
+                              review_sessions=tuple(args.from_review), adapt_centroids=args.adapt_centroids,
+                              shrinkage=args.shrinkage, adapt_share=args.adapt_share, seed=args.seed)
     print(markdown_table(report), end="")
     print(f"bundle {args.out}; report {report_dir}")
     return 0

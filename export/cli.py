@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     add_framing_option(ch)
     ch.set_defaults(handler=_compare_heads)
 
+    ee = sub.add_parser("expose-embeddings",
+                        help="a CCL bundle whose classifier also outputs its embeddings and whose centroids are a "
+                             "file, so that `edge calibrate --adapt-centroids` can move them")
+    ee.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    ee.add_argument("--out", type=Path, required=True, help="the bundle folder to write (must not exist)")
+    ee.set_defaults(handler=_expose_embeddings)
+
     mi = sub.add_parser("model-info", help="parameters and GFLOPs (multiply-adds) of a CrossFormer config")
     mi.add_argument("--arch", default="crossformer_t")
     mi.add_argument("--img-size", type=int, default=224)
@@ -221,6 +228,12 @@ def _detector_bundle(args) -> int:
                                       score_threshold=args.score_threshold,
                                       crop_context_from=args.crop_context_from)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _expose_embeddings(args) -> int:
+    from export.expose_embeddings import expose_bundle_embeddings
+    print(json.dumps(expose_bundle_embeddings(args.bundle, args.out), indent=2))
     return 0
 
 

@@ -63,6 +63,7 @@ class StatusCode(IntEnum):
     """What a host STATUS message reports to the device (its text is for the display and log)."""
     FIELD_QUALITY = 1   # a field was not counted: out of focus, badly exposed, ... (the text says which)
     DRIFT_ALARM = 2     # a drift statistic left its band: the count needs a look before it is trusted
+    PROVISIONAL = 3     # the tally shown is provisional: cells in review may change the differential
 
 
 class ProtocolError(ValueError):

@@ -135,3 +135,14 @@ def test_a_run_raises_the_alarm_on_the_terminal_in_results_and_on_the_microscope
     assert on_disk["drift"]["alarms"] == alarms
     (row,) = DriftHistory(tmp_path / "drift-history.jsonl").sessions(bundle.classifier.sha256)
     assert row["alarms"] == ["rejection_rate/session"]
+
+
+def test_the_microscope_is_told_the_tally_is_provisional_while_cells_await_review(tmp_path):
+    with FirmwareSimulator(fields=4, settle_s=0.01) as sim:
+        results = run_session(SYNTHETIC_BUNDLE, "synthetic:frames=4,seed=2", tmp_path / "s", threads=1,
+                              save_fields=False, live=io.StringIO(), serial=sim.path)
+    provisional = [s for s in sim.statuses if s.code == StatusCode.PROVISIONAL]
+    in_review = results["rejected"]
+    assert in_review > 0 and sim.tallies[-1].rejected == in_review
+    assert len(provisional) == 2  # the first cell sent to review, and the end of counting
+    assert f"{in_review} cell(s) in review" in provisional[-1].text and "final after expert review" in provisional[-1].text

@@ -28,7 +28,7 @@ def test_the_schema_names_the_sections_and_model_fields_the_loader_knows():
     schema = manifest_schema()
     assert set(schema["properties"]) == {"format", "format_version", "class_names", "classifier_head", "ccl_sigma",
                                          "models", "thresholds", "tiling", "provenance", "quality", "drift",
-                                         "class_roles"}
+                                         "class_roles", "ccl_centroids", "stain_normalisation"}
     assert set(schema["properties"]["thresholds"]["properties"]) == bundle_module.THRESHOLD_KEYS
     assert set(schema["properties"]["tiling"]["properties"]) == bundle_module.TILING_KEYS
 

@@ -71,6 +71,9 @@ def test_label_with_clicks_and_keys_save_import_and_count(browser, tmp_path):
                for img in browser.find_elements(By.CSS_SELECTOR, "img.crop"))
     progress = browser.find_element(By.ID, "progress-text")
     assert progress.text == f"labelled 0 of {len(cards)}"
+    before = browser.find_element(By.ID, "provisional")
+    assert before.is_displayed() and "PROVISIONAL leukocyte differential" in before.text
+    assert "edge review import" in before.text
 
     order = [c.get_attribute("data-cell-id") for c in cards]
     names = manifest["class_names"]

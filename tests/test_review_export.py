@@ -118,6 +118,8 @@ def test_the_page_is_self_contained_and_embeds_the_manifest_hash(exported):
     data = json.loads(re.search(r'<script type="application/json" id="review-data">(.*?)</script>', html, re.S)[1])
     assert data["manifest_sha256"] == hashlib.sha256(files["manifest.json"]).hexdigest()
     assert [c["cell_id"] for c in data["cells"]] == [c["cell_id"] for c in manifest["cells"]]
+    shown = data["sessions"][0]["differential"]  # the count before review, as the device showed it
+    assert shown == manifest["sessions"][0]["differential"] and "PROVISIONAL leukocyte differential" in shown[0]
 
 
 def test_embedded_data_cannot_close_its_script_element():

@@ -96,13 +96,19 @@ def _spawn(out, *extra):
 
 
 def _wait_for_fields(out, n, proc, timeout=120):
+    """Until session.sqlite, the record of truth, holds n fields (results.json is refreshed less often)."""
+    import sqlite3
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            if json.loads((out / "results.json").read_text())["frames"]["counted"] >= n:
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
+        if (out / "session.json").exists():
+            db = sqlite3.connect(f"file:{out / 'session.sqlite'}?mode=ro", uri=True)
+            try:
+                if db.execute("SELECT COUNT(*) FROM fields").fetchone()[0] >= n:
+                    return
+            except sqlite3.OperationalError:  # the schema not written yet
+                pass
+            finally:
+                db.close()
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.05)
     raise AssertionError(f"no {n} fields within {timeout} s")

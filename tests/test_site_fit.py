@@ -60,7 +60,7 @@ def test_the_site_bundle_states_the_sites_pixel_size_so_the_device_needs_no_sett
     root, report = site
     bundle = load_bundle(root / "bundle")
     default = load_bundle(DEFAULT_BUNDLE)
-    assert bundle.tiling.pixel_size_um == report["pixel_size_um"] == 0.25
+    assert bundle.tiling.pixel_size_um == report["pixel_size"]["um_per_pixel"] == 0.25
     assert bundle.tiling.detector_pixel_size() == pytest.approx(default.tiling.detector_pixel_size())
 
 

@@ -108,3 +108,31 @@ def class_dependent_rejection(names, leuk, accepted, rejected_by_class, bundle_r
                           f"{lo} {100 * v[lo]:.0f} %): the accepted-only percentages would mislead; read the "
                           "ranges, or review the cells first")
     return out
+
+
+def differential_lines(d: dict) -> list[str]:
+    """The leukocyte differential for the terminal, saying plainly whether it is provisional."""
+    if d["provisional"]:
+        head = (f"  PROVISIONAL leukocyte differential: {d['leukocytes_accepted']} leukocytes accepted, "
+                f"{d['in_review']} cells await review; the range is what the percentage can still be "
+                "after review (95 %)")
+    else:
+        head = f"  leukocyte differential: {d['leukocytes_accepted']} leukocytes (95 % intervals)"
+    lines = [head]
+    for name, c in d["classes"].items():
+        accepted = "" if c["percent_of_accepted"] is None else f"{c['percent_of_accepted']:5.1f} % of accepted"
+        span = "" if c["range_percent"] is None else f"range {c['range_percent'][0]:.1f}-{c['range_percent'][1]:.1f} %"
+        point = f", estimate {c['point_percent']:.1f} %" if d["provisional"] and c["point_percent"] is not None else ""
+        lines.append(f"  {name:<14} {c['accepted']:>6}  {accepted}  {span}{point}")
+    nrbc = d["nrbc_per_100_leukocytes"]
+    if nrbc["accepted"] or nrbc["value"] is not None:
+        lines.append(f"  NRBC per 100 leukocytes: {nrbc['value'] if nrbc['value'] is not None else '-'} "
+                     f"({nrbc['accepted']} accepted)")
+    if d["counted_apart"]:
+        lines.append("  counted apart, not in the percentages: " +
+                     ", ".join(f"{n} {c}" for n, c in d["counted_apart"].items()))
+    if d["class_dependent_rejection"]["flag"]:
+        lines.append(f"  NOTE {d['class_dependent_rejection']['message']}")
+    if d.get("warning"):
+        lines.append(f"  WARNING {d['warning']}")
+    return lines

@@ -26,6 +26,7 @@ import numpy as np
 
 from edge.runtime.decision import Decisions
 from edge.runtime.engine import CellCounter, FieldResult, FrameTiles
+from edge.runtime.frame_scale import FrameScale
 from edge.runtime.frames import Frame, FrameError
 from edge.runtime.quality import QualityGate, QualityReport
 from edge.counting.sources import FrameSource
@@ -70,7 +71,8 @@ class Pipeline:
     def __init__(self, counter: CellCounter, source: FrameSource,
                  take_field: Callable[[Frame], bool | dict] = lambda frame: True, *,
                  live: bool = False, skip_through: int = -1, max_batch_fields: int = 4,
-                 sequential: bool = False, quality_gate: QualityGate | None = None):
+                 sequential: bool = False, quality_gate: QualityGate | None = None,
+                 frame_scale: FrameScale | None = None):
         self.counter = counter
         self.source = source
         self.take_field = take_field
@@ -79,6 +81,7 @@ class Pipeline:
         self.max_batch_fields = max_batch_fields
         self.sequential = sequential
         self.quality_gate = quality_gate  # refuses unfit fields before detection
+        self.frame_scale = frame_scale  # the red-cell ruler's pixel size, followed field by field
         self.counters = LoopCounters()
         self._stop = threading.Event()
         self._failed: BaseException | None = None
@@ -132,6 +135,10 @@ class Pipeline:
             for job in jobs:
                 self._check_quality(job)
         good = [j for j in jobs if j.error is None]
+        if self.frame_scale is not None and good:  # the batch is cut at the scale its fields read
+            for job in good:
+                bundle = self.frame_scale.observe(job.frame.image)
+            self.counter.follow_scale(bundle)
         self.counters.batches += 1
         self.counters.batched_fields += len(good)
         return jobs, self.counter.cut_tiles([j.frame.image for j in good]) if good else None

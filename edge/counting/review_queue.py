@@ -70,7 +70,7 @@ class ReviewQueue:
         self.root = Path(root)
         self.crops_dir = self.root / "crops"
         self.crops_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.root / "queue.sqlite")
+        self._db = sqlite3.connect(self.root / "queue.sqlite", check_same_thread=False)  # the session writer
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

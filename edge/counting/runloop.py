@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.counting.annotate import FieldWriter
-from edge.runtime.bundle import load_bundle, pixel_size_record
+from edge.counting.differential import differential_lines
+from edge.runtime.bundle import load_bundle
+from edge.runtime.frame_scale import FrameScale
 from edge.counting.display import LiveWindow
 from edge.runtime.drift import Alarm, DriftBands, DriftHistory, DriftMonitor
 from edge.runtime.engine import CellCounter
@@ -82,7 +84,8 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
                          sim_noise=sim_noise, field_trigger=field_trigger, still_seconds=still_seconds,
                          quality=quality, drift_history=str(drift_history) if drift_history else None,
                          pixel_size_um=pixel_size_um)
-    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
+    frame_scale = FrameScale(load_bundle(bundle_path), pixel_size_um)
+    bundle = frame_scale.bundle
     limits = quality_limits(bundle.quality, quality)
     out_dir = Path(out_dir) if out_dir else Path("edge-out") / time.strftime("session-%Y%m%dT%H%M%S")
     with contextlib.ExitStack() as cleanup:
@@ -96,7 +99,7 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
             source = FirmwareFieldSource(firmware, source)
         session = (Session.resume(out_dir, bundle) if resume else
                    Session(out_dir, bundle, source.description, settings=asdict(options)))
-        session.sections["pixel_size"] = pixel_size_record(bundle, pixel_size_um)
+        session.sections["pixel_size"] = frame_scale.record()
         progress = Progress(stream)
         progress.message(f"session {session.session_id} {'resumed' if resume else 'started'}: "
                          f"{source.description} -> {out_dir}")
@@ -107,7 +110,8 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
         trigger = _field_trigger(options, source, firmware)
         pipeline = Pipeline(counter, source, trigger.update if trigger else lambda frame: True,
                             live=source.live, skip_through=session.last_frame_id(), sequential=sequential,
-                            quality_gate=QualityGate(limits) if limits.enabled else None)
+                            quality_gate=QualityGate(limits) if limits.enabled else None,
+                            frame_scale=frame_scale if frame_scale.ruler is not None else None)
         overlap = OverlapFilter(out_dir) if trigger or firmware else None
         history = DriftHistory(Path(drift_history) if drift_history else out_dir.parent / "drift-history.jsonl")
         drift = DriftMonitor(bundle.drift or DriftBands(), bundle.class_names, bundle.classifier.sha256, history)
@@ -150,6 +154,7 @@ class _Recorder:
         self.stop_reason = "end of source"
         self.latencies: list[float] = []
         self.fields_handled = 0
+        self._told_provisional = False
         self.not_counted_after_stop = 0
         self._started = time.perf_counter()
 
@@ -165,6 +170,8 @@ class _Recorder:
                 self.pipeline.stop()
                 if self.firmware is not None and self.options.target is not None:
                     self.firmware.target_reached(self._leukocytes())
+        self.session.flush()  # a write that failed after the last field stops the run as one that failed before
+        self._tell_provisional()
         ended_by = getattr(self.pipeline.source, "ended_by", "")
         if ended_by and self.stop_reason == "end of source":
             self.stop_reason = ended_by
@@ -218,6 +225,8 @@ class _Recorder:
                                               d.accepted[counted], angle):
                 self._raise(alarm)
             self.session.sections["drift"] = self.drift.summary()
+        if self.pipeline.frame_scale is not None:
+            self.session.sections["pixel_size"] = self.pipeline.frame_scale.record()
         self.session.record(job.frame, result, duplicates, shift)
         if self.overlap is not None:
             self.overlap.remember(image, result.boxes)
@@ -233,6 +242,17 @@ class _Recorder:
         if self.firmware is not None:
             tally = self.session.tally
             self.firmware.show_tally(tally.accepted, tally.rejected, self.options.target or 0)
+            if tally.rejected and not self._told_provisional:
+                self._tell_provisional()
+
+    def _tell_provisional(self) -> None:
+        """STATUS PROVISIONAL: the first time a cell goes to review, and once more when counting ends."""
+        rejected = self.session.tally.rejected
+        if self.firmware is None or not rejected:
+            return
+        self._told_provisional = True
+        self._tell_firmware("PROVISIONAL", f"differential provisional: {rejected} cell(s) in review "
+                                           f"may change it; final after expert review")
 
     def finish_drift(self) -> None:
         """The across-session drift check, the history row of this session, and the final drift section."""
@@ -337,34 +357,6 @@ def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec
     settings = meta["settings"]
     return (Path(bundle_path or meta["bundle"]), source_spec or settings["source"],
             pixel_size_um if pixel_size_um is not None else settings.get("pixel_size_um"))
-
-
-def differential_lines(d: dict) -> list[str]:
-    """The leukocyte differential for the terminal, saying plainly whether it is provisional."""
-    if d["provisional"]:
-        head = (f"  PROVISIONAL leukocyte differential: {d['leukocytes_accepted']} leukocytes accepted, "
-                f"{d['in_review']} cells await review; the range is what the percentage can still be "
-                "after review (95 %)")
-    else:
-        head = f"  leukocyte differential: {d['leukocytes_accepted']} leukocytes (95 % intervals)"
-    lines = [head]
-    for name, c in d["classes"].items():
-        accepted = "" if c["percent_of_accepted"] is None else f"{c['percent_of_accepted']:5.1f} % of accepted"
-        span = "" if c["range_percent"] is None else f"range {c['range_percent'][0]:.1f}-{c['range_percent'][1]:.1f} %"
-        point = f", estimate {c['point_percent']:.1f} %" if d["provisional"] and c["point_percent"] is not None else ""
-        lines.append(f"  {name:<14} {c['accepted']:>6}  {accepted}  {span}{point}")
-    nrbc = d["nrbc_per_100_leukocytes"]
-    if nrbc["accepted"] or nrbc["value"] is not None:
-        lines.append(f"  NRBC per 100 leukocytes: {nrbc['value'] if nrbc['value'] is not None else '-'} "
-                     f"({nrbc['accepted']} accepted)")
-    if d["counted_apart"]:
-        lines.append("  counted apart, not in the percentages: " +
-                     ", ".join(f"{n} {c}" for n, c in d["counted_apart"].items()))
-    if d["class_dependent_rejection"]["flag"]:
-        lines.append(f"  NOTE {d['class_dependent_rejection']['message']}")
-    if d.get("warning"):
-        lines.append(f"  WARNING {d['warning']}")
-    return lines
 
 
 def _summary(results: dict) -> str:

@@ -8,6 +8,11 @@ fields that never committed, and the loop counts those frames again. cells.csv
 and results.json are views of the database, rewritten so that a crash leaves a
 consistent snapshot; a resumed session rewrites cells.csv from the database.
 
+The writes run on a background thread, in order (edge.counting.record_writer),
+while the next field is counted. `tally` is the live count, updated as each
+field is handed over; results.json shows what has been committed, refreshed at
+most every SNAPSHOT_EVERY_S seconds while counting and in full at close.
+
 A lock file keeps a second process out of a session that is being counted.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -31,9 +37,12 @@ from edge.counting.differential import differential, leukocyte_differential
 from edge.runtime.engine import FieldResult
 from edge.runtime.frames import Frame
 from edge.runtime.quality import QUALITY_PREFIX, quality_check_name
+from edge.counting.record_writer import RecordWriter, WriteFailed
 from edge.counting.registration import Shift
 from edge.counting.review_queue import RejectedCell, ReviewQueue
 from edge.counting.tally import Tally
+
+SNAPSHOT_EVERY_S = 1.0  # results.json while counting: its intervals cost more than a field's other writes
 
 CELL_COLUMNS = ["cell_id", "session_id", "frame_id", "frame_origin", "x1", "y1", "x2", "y2",
                 "detection_score", "predicted", "confidence", "threshold", "accepted"]
@@ -90,8 +99,11 @@ class Session:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._db_lock = threading.RLock()  # the writer thread commits while the loop reads
         self.review = ReviewQueue(self.out_dir / "review")
-        self.tally = Tally(bundle.class_names)
+        self.tally = Tally(bundle.class_names)     # live: every field handed to `record`
+        self._committed = Tally(bundle.class_names)  # what session.sqlite holds
+        self._last_snapshot = 0.0
         self.sections: dict[str, dict] = {}  # more sections of results.json, e.g. "drift" from the loop
         self.resumed = resume
         self.write_failed = False
@@ -103,6 +115,7 @@ class Session:
         self._cells = csv.writer(self._cells_file)
         if not resume:
             self._cells.writerow(CELL_COLUMNS)
+        self._writer = RecordWriter(f"session-writer-{self.session_id}")
 
     @classmethod
     def resume(cls, out_dir: Path, bundle: Bundle) -> "Session":
@@ -133,98 +146,142 @@ class Session:
         self.session_id, self.source = meta["session_id"], meta["source"]
         self.started, self.settings = meta["started"], meta.get("settings", {})
         self.review.discard_after(self.last_frame_id())
-        names = {n: i for i, n in enumerate(bundle.class_names)}
+        queued = [json.loads(row["class_scores"]) for row in self.review.cells()]
+        for tally in (self.tally, self._committed):
+            self._rebuild(tally, queued)
+        self._rewrite_cells_csv()
+
+    def _rebuild(self, tally: Tally, queued_scores: list[dict]) -> None:
+        """A tally of what the database holds, with the classifier scores of the queued cells."""
+        names = {n: i for i, n in enumerate(self.bundle.class_names)}
         for predicted, accepted, n in self._db.execute(
                 "SELECT predicted, accepted, COUNT(*) FROM cells GROUP BY predicted, accepted"):
             if accepted:
-                self.tally.accepted[names[predicted]] += n
+                tally.accepted[names[predicted]] += n
             else:
-                self.tally.rejected += n
-                self.tally.rejected_by_class[names[predicted]] += n
-        queued = [json.loads(row["class_scores"]) for row in self.review.cells()]
-        if queued:
-            self.tally.add_review_scores(np.array([[s.get(n, 0.0) for n in bundle.class_names] for s in queued]))
-        self._rewrite_cells_csv()
+                tally.rejected += n
+                tally.rejected_by_class[names[predicted]] += n
+        if queued_scores:
+            tally.add_review_scores(np.array([[s.get(n, 0.0) for n in self.bundle.class_names]
+                                              for s in queued_scores]))
 
     # ------------------------------------------------------------ recording
 
     @property
     def frames_counted(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM fields").fetchone()[0]
+        with self._db_lock:
+            return self._db.execute("SELECT COUNT(*) FROM fields").fetchone()[0]
 
     def last_frame_id(self) -> int:
         """The last source frame this session has dealt with (counted or skipped); -1 if none."""
-        row = self._db.execute("SELECT MAX(m) FROM (SELECT MAX(frame_id) AS m FROM fields"
-                               " UNION ALL SELECT MAX(frame_id) FROM skipped)").fetchone()
+        with self._db_lock:
+            row = self._db.execute("SELECT MAX(m) FROM (SELECT MAX(frame_id) AS m FROM fields"
+                                   " UNION ALL SELECT MAX(frame_id) FROM skipped)").fetchone()
         return -1 if row[0] is None else int(row[0])
 
     def record(self, frame: Frame, result: FieldResult, duplicates: np.ndarray | None = None,
                shift: Shift | None = None) -> None:
+        """Count one field: the live tally now; its record written in the background (`_commit`).
+        `duplicates` marks cells already counted in the previous field (the stage moved less than
+        a field); they are not counted again."""
         with self._stop_on_write_failure(frame.frame_id):
-            self._record(frame, result, duplicates, shift)
+            counted = np.ones(len(result), bool) if duplicates is None else ~duplicates
+            review = self._review_items(frame, result, counted)
+            kept, scores = _select(result.decisions, counted), result.class_scores[counted]
+            self.tally.add(kept, scores)
+            self._writer.submit(frame.frame_id, lambda: self._commit(frame, result, counted, shift, review,
+                                                                     kept, scores))
 
-    def _record(self, frame: Frame, result: FieldResult, duplicates: np.ndarray | None = None,
-                shift: Shift | None = None) -> None:
-        """Count one field: its rejected cells into the review queue, then the field and its
-        cells in one transaction. `duplicates` marks cells already counted in the previous
-        field (the stage moved less than a field); they are not counted again."""
-        d = result.decisions
-        names = self.bundle.class_names
-        counted = np.ones(len(result), bool) if duplicates is None else ~duplicates
-        ids = [f"{self.session_id}-f{frame.frame_id:06d}-c{i:04d}" for i in range(len(result))]
-        rejected = np.flatnonzero(~d.accepted & counted)
-        if len(rejected):
-            self.review.add_field(frame.frame_id, frame.image, frame.timestamp)
-            self.review.add(
-                [RejectedCell(ids[i], self.session_id, frame.frame_id,
+    def _review_items(self, frame: Frame, result: FieldResult, counted: np.ndarray
+                      ) -> list[tuple[RejectedCell, np.ndarray]]:
+        """The field's rejected cells and their crops for the expert (copied: small, and the frame
+        may be reused once the loop moves on)."""
+        d, names = result.decisions, self.bundle.class_names
+        return [(RejectedCell(self._cell_id(frame, i), self.session_id, frame.frame_id,
                               tuple(float(v) for v in result.boxes[i]), names[d.predicted[i]],
                               float(d.confidence[i]), float(d.threshold[i]),
-                              {n: float(s) for n, s in zip(names, result.class_scores[i])},
-                              frame.timestamp)
-                 for i in rejected],
-                [_review_crop(frame.image, result.boxes[i], self.bundle.tiling.crop_context)
-                 for i in rejected])
-        rows = [(ids[i], frame.frame_id, *(round(float(v), 1) for v in result.boxes[i]),
+                              {n: float(s) for n, s in zip(names, result.class_scores[i])}, frame.timestamp),
+                 _review_crop(frame.image, result.boxes[i], self.bundle.tiling.crop_context).copy())
+                for i in np.flatnonzero(~d.accepted & counted)]
+
+    def _cell_id(self, frame: Frame, i: int) -> str:
+        return f"{self.session_id}-f{frame.frame_id:06d}-c{i:04d}"
+
+    def _commit(self, frame: Frame, result: FieldResult, counted: np.ndarray, shift: Shift | None,
+                review: list[tuple[RejectedCell, np.ndarray]], kept: Decisions, scores: np.ndarray) -> None:
+        """On the writer thread: the rejected cells into the review queue, then the field and its
+        cells in one transaction, then the views."""
+        if review:
+            self.review.add_field(frame.frame_id, frame.image, frame.timestamp)
+            self.review.add([cell for cell, _ in review], [crop for _, crop in review])
+        d, names = result.decisions, self.bundle.class_names
+        rows = [(self._cell_id(frame, i), frame.frame_id, *(round(float(v), 1) for v in result.boxes[i]),
                  round(float(result.detection_scores[i]), 4), names[d.predicted[i]],
                  round(float(d.confidence[i]), 6), round(float(d.threshold[i]), 6), int(d.accepted[i]))
                 for i in np.flatnonzero(counted)]
-        with self._db:
+        with self._db_lock, self._db:
             self._db.execute("INSERT INTO fields VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (frame.frame_id, frame.origin, frame.timestamp, len(rows),
                               int((~counted).sum()), shift.dx if shift else None,
                               shift.dy if shift else None))
             self._db.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._append_cells_csv(rows, frame.origin)
-        kept = _select(d, counted)
-        self.tally.add(kept, result.class_scores[counted])
-        self._write_results(finished=False)
+        self._committed.add(kept, scores)
+        self._snapshot()
 
     def skip(self, frame_id: int | None, reason: str) -> None:
         with self._stop_on_write_failure(frame_id):
-            with self._db:
-                self._db.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)",
-                                 (-1 if frame_id is None else frame_id, reason))
+            self._writer.submit(frame_id, lambda: self._commit_skip(frame_id, reason))
+
+    def _commit_skip(self, frame_id: int | None, reason: str) -> None:
+        with self._db_lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)",
+                             (-1 if frame_id is None else frame_id, reason))
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        """results.json while counting, at most every SNAPSHOT_EVERY_S seconds."""
+        if time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
             self._write_results(finished=False)
+            self._last_snapshot = time.monotonic()
+
+    def flush(self) -> None:
+        """Wait until every field handed over is committed (raises SessionError if a write failed)."""
+        with self._stop_on_write_failure(None):
+            self._writer.drain()
 
     @contextmanager
     def _stop_on_write_failure(self, frame_id: int | None):
         """A full disk or an I/O error: what was committed stays, and the message says how to go on."""
         try:
             yield
+        except WriteFailed as failed:
+            self._failed(failed.frame_id, failed.cause)
         except (OSError, sqlite3.OperationalError) as exc:  # disk full, I/O error
-            self.write_failed = True
-            raise SessionError(
-                f"cannot record frame {frame_id} in {self.out_dir} ({exc}); the {self.frames_counted} fields "
-                f"committed so far are kept: free space, then continue with "
-                f"`edge run --resume --out {self.out_dir}`") from exc
+            self._failed(frame_id, exc)
+
+    def _failed(self, frame_id: int | None, exc: BaseException):
+        if not isinstance(exc, (OSError, sqlite3.OperationalError)):
+            raise exc
+        self.write_failed = True
+        raise SessionError(
+            f"cannot record frame {frame_id} in {self.out_dir} ({exc}); the {self.frames_counted} fields "
+            f"committed so far are kept: free space, then continue with "
+            f"`edge run --resume --out {self.out_dir}`") from exc
 
     def close(self, stop_reason: str = "end of source", loop_stats: dict | None = None) -> dict:
-        """Write the final results and release the folder. After a failed write the last
-        results.json snapshot stays as it is (a resume rewrites it) and the results are only read."""
+        """Finish the queued writes, write the final results and release the folder. After a failed
+        write the last results.json snapshot stays as it is (a resume rewrites it) and the results
+        are only read."""
         with ExitStack() as release:  # every one is released, whichever fails
             for item in (self._lock, self._db, self.review):
                 release.callback(item.close)
             release.callback(self._close_cells_file)
+            self._writer.close()
+            try:
+                self._writer.check()
+            except WriteFailed:
+                self.write_failed = True
             if self.write_failed:
                 return self.results(finished=False, stop_reason=stop_reason, loop_stats=loop_stats)
             return self._write_results(finished=True, stop_reason=stop_reason, loop_stats=loop_stats)
@@ -241,7 +298,13 @@ class Session:
     # ------------------------------------------------------------ views
 
     def results(self, finished: bool, stop_reason: str | None = None, loop_stats: dict | None = None) -> dict:
+        """results.json: what session.sqlite holds (the fields committed so far)."""
+        with self._db_lock:
+            return self._results(finished, stop_reason, loop_stats)
+
+    def _results(self, finished: bool, stop_reason: str | None, loop_stats: dict | None) -> dict:
         t = self.bundle.thresholds
+        tally = self._committed
         not_counted = [{"frame_id": f, "reason": r}
                        for f, r in self._db.execute("SELECT frame_id, reason FROM skipped ORDER BY frame_id")]
         skipped = [s for s in not_counted if not s["reason"].startswith(QUALITY_PREFIX)]
@@ -257,14 +320,14 @@ class Session:
             "frames": {"counted": self.frames_counted, "skipped": len(skipped)},
             "skipped_frames": skipped,
             "fields_rejected_for_quality": _quality_summary(refused),
-            "counts": self.tally.counts(),
-            "differential_percent": self.tally.differential(),
-            "differential": differential(self.tally.counts()),
+            "counts": tally.counts(),
+            "differential_percent": tally.differential(),
+            "differential": differential(tally.counts()),
             "leukocyte_differential": leukocyte_differential(
-                self.bundle.class_names, self.bundle.class_roles, self.tally.accepted, self.tally.rejected_by_class,
-                self.tally.rejected_scores, bundle_rejection_by_class(self.bundle)),
-            "accepted": self.tally.total_accepted,
-            "rejected": self.tally.rejected,
+                self.bundle.class_names, self.bundle.class_roles, tally.accepted, tally.rejected_by_class,
+                tally.rejected_scores, bundle_rejection_by_class(self.bundle)),
+            "accepted": tally.total_accepted,
+            "rejected": tally.rejected,
             "duplicates_not_recounted": int(duplicates),
             "thresholds": {"global": t.global_threshold, "target_accuracy": t.target_accuracy,
                            "per_class": t.per_class},

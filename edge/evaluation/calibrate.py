@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from calibration.rules import RuleFit, fit_rule, rule_confidence, rules_for_head
 from edge.runtime.bundle import THRESHOLD_RULES, Bundle, Thresholds, derive_bundle, load_bundle, sha256_file
+from edge.runtime.centroids import centroids_sha256, read_centroids
 from edge.runtime.decision import RejectRule
 from edge.runtime.drift import DriftBands, fit_drift_bands
 from edge.runtime.engine import CellCounter
+from edge.evaluation.centroid_adaptation import ADAPT_SHARE, SHRINKAGE, Adaptation, adapt_on_cells
 from edge.evaluation.evaluate import read_class_folders, single_cell_scores
 from edge.evaluation.report_plot import RiskCoveragePanel, draw_risk_coverage
 
@@ -53,8 +56,9 @@ def classifier_outputs(bundle: Bundle, data: Path, only: set[str] | None = None,
 
 
 def site_outputs(bundle: Bundle, sessions: tuple[Path, ...], backend: str = "onnxruntime",
-                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """(scores, labels, sessions): the bundle's classifier on the cells experts labelled in these sessions."""
+                 threads: int | None = None, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(scores, labels, sessions): the bundle's classifier on the cells experts labelled in these sessions;
+    with `embeddings`, its per-class CCL embeddings (N, C, M) in place of the scores."""
     from edge.review import ReviewError
     from edge.evaluation.site_cells import read_site_cells
     try:
@@ -62,7 +66,28 @@ def site_outputs(bundle: Bundle, sessions: tuple[Path, ...], backend: str = "onn
     except ReviewError as exc:
         raise CalibrationError(str(exc)) from None
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
-        return counter.classify_crops(site.crops), site.labels, site.sessions
+        run = counter.embed_crops if embeddings else counter.classify_crops
+        return run(site.crops), site.labels, site.sessions
+
+
+def adapted_site_outputs(bundle: Bundle, sessions: tuple[Path, ...], shrinkage: float, share: float, seed: int,
+                         backend: str = "onnxruntime", threads: int | None = None
+                         ) -> tuple[Adaptation, list[dict]]:
+    """The bundle's centroids moved toward part of the sessions' labelled cells, and the other part's
+    scores under them (edge.evaluation.centroid_adaptation)."""
+    if bundle.ccl_centroids is None:
+        raise CalibrationError(f"{bundle.root} keeps its CCL centroids inside the classifier graph; convert it "
+                               "with `edge export expose-embeddings` before --adapt-centroids")
+    embeddings, labels, site_sessions = site_outputs(bundle, sessions, backend, threads, embeddings=True)
+    centroids = read_centroids(bundle.root / bundle.ccl_centroids.file, len(bundle.class_names))
+    try:
+        adaptation = adapt_on_cells(centroids, bundle.ccl_sigma, embeddings, labels, bundle.class_names,
+                                    shrinkage, share, seed)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
+    adaptation.note.update(source_centroids_sha256=bundle.ccl_centroids.sha256, date=time.strftime("%Y-%m-%d"),
+                           sessions=[s["session_id"] for s in site_sessions])
+    return adaptation, site_sessions
 
 
 def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *, target_accuracy: float,
@@ -71,7 +96,9 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *
                      threads: int | None = None, search: str = "clopper-pearson",
                      min_per_class: int = 30, evaluate_only: set[str] | None = None,
                      compare: tuple[Path, ...] = (), report_dir: Path | None = None,
-                     source_note: dict | None = None, review_sessions: tuple[Path, ...] = ()) -> dict:
+                     source_note: dict | None = None, review_sessions: tuple[Path, ...] = (),
+                     adapt_centroids: bool = False, shrinkage: float = SHRINKAGE, adapt_share: float = ADAPT_SHARE,
+                     seed: int = 0) -> dict:
     """Fit `method` (default: the head's own rule) on the bundle's classifier outputs for the
     images of `data_dir` (only those in `only`, e.g. a calibration split) and write bundle
     `out_path`; return the report, also written to `report_dir` when given.
@@ -87,6 +114,10 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *
     are recorded in the thresholds' calibration figures and the provenance. The
     new bundle also gets drift bands fitted on the same cells, and keeps the
     source bundle's quality section.
+
+    `adapt_centroids` (with `review_sessions` only): `adapt_share` of each class's labelled cells move
+    the CCL centroids (shrinkage `shrinkage`, split drawn with `seed`) and the thresholds are fitted
+    on the other cells' scores under the moved centroids, which the new bundle carries.
     """
     if search not in SEARCHES:
         raise CalibrationError(f"unknown search {search!r}; known: {', '.join(SEARCHES)}")
@@ -109,7 +140,17 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *
         raise CalibrationError("give labelled cells: --data DIR, --from-review SESSION ..., or both")
     if review_sessions and (compare or evaluate_only):
         raise CalibrationError("--from-review cannot be combined with --compare or --eval-split")
-    site = site_outputs(bundle, tuple(review_sessions), backend, threads) if review_sessions else None
+    adaptation = None
+    if adapt_centroids:
+        if not review_sessions or data_dir is not None:
+            raise CalibrationError("--adapt-centroids learns from expert labels only: give --from-review "
+                                   "and no --data")
+        adaptation, sessions = adapted_site_outputs(bundle, tuple(review_sessions), shrinkage, adapt_share, seed,
+                                                    backend, threads)
+        site = (adaptation.scores, adaptation.labels, sessions)
+        source_note = {**(source_note or {}), "centroid_adaptation": adaptation.note}
+    else:
+        site = site_outputs(bundle, tuple(review_sessions), backend, threads) if review_sessions else None
     if site is not None:
         source_note = {**(source_note or {}), "site_sessions": site[2]}
 
@@ -148,7 +189,8 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *
               "per_class": per_class, "deployed_rule": method, "entries": entries, **(source_note or {})}
     fit, scores, entry = deployed
     try:
-        thresholds = _thresholds_for(fit, bundle, entry, report["confidence"], site and site[2])
+        thresholds = _thresholds_for(fit, bundle, entry, report["confidence"], site and site[2],
+                                     _centroids_sha256(bundle, adaptation))
     except CalibrationError as exc:
         if report_dir is None:
             raise
@@ -159,7 +201,7 @@ def calibrate_bundle(bundle_path: Path, data_dir: Path | None, out_path: Path, *
     _write_calibrated(bundle, out_path, thresholds, {
         "script": "edge calibrate", "date": time.strftime("%Y-%m-%d"), "data": str(data_dir) if data_dir else None,
         "source_bundle": str(bundle.root), "source_manifest_sha256": bundle.manifest_sha256,
-        **(source_note or {})}, drift)
+        **(source_note or {})}, drift, adaptation)
     _check_device_agrees(out_path, fit, scores)
     report["bundle"] = str(out_path)
     if report_dir is not None:
@@ -175,8 +217,15 @@ def _drift_bands(fit: RuleFit, scores: np.ndarray, base: DriftBands | None) -> D
     return fit_drift_bands(confidence, accepted, {"rule": fit.rule}, base)
 
 
+def _centroids_sha256(bundle: Bundle, adaptation: Adaptation | None) -> str | None:
+    """The centroids file the new thresholds are fitted with: the moved centroids, else the bundle's own."""
+    if adaptation is not None:
+        return centroids_sha256(adaptation.centroids)
+    return bundle.ccl_centroids and bundle.ccl_centroids.sha256
+
+
 def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float | None,
-                    site_sessions: list[dict] | None = None) -> Thresholds:
+                    site_sessions: list[dict] | None = None, centroids: str | None = None) -> Thresholds:
     if not fit.reached:
         raise CalibrationError(f"no {fit.rule} threshold reaches accepted accuracy {fit.target_accuracy} "
                                f"on these {fit.n_calibration} cells" +
@@ -197,15 +246,18 @@ def _thresholds_for(fit: RuleFit, bundle: Bundle, entry: dict, confidence: float
     if site_sessions:
         calibration["site_sessions"] = site_sessions  # which sessions' expert labels it learned from
     return Thresholds(float(fit.threshold), fit.target_accuracy, fit.search, per_class, calibration,
-                      classifier_sha256=bundle.classifier.sha256, rule=fit.rule, confidence=confidence)
+                      classifier_sha256=bundle.classifier.sha256, rule=fit.rule, confidence=confidence,
+                      centroids_sha256=centroids)
 
 
 def _write_calibrated(bundle: Bundle, out: Path, thresholds: Thresholds, provenance_note: dict,
-                      drift: DriftBands | None = None) -> None:
-    """The bundle with the new thresholds (and drift bands), written and verified at `out`."""
+                      drift: DriftBands | None = None, adaptation: Adaptation | None = None) -> None:
+    """The bundle with the new thresholds (and drift bands, and moved centroids), written and verified at `out`."""
     if sha256_file(bundle.model_path(bundle.classifier)) != thresholds.classifier_sha256:
         raise CalibrationError(f"{bundle.classifier.file} changed while it was being calibrated")
-    derive_bundle(bundle, out, "calibration", provenance_note, thresholds=thresholds, drift=drift)
+    moved = {} if adaptation is None else {
+        "centroids": adaptation.centroids, "ccl_centroids": replace(bundle.ccl_centroids, adapted=adaptation.note)}
+    derive_bundle(bundle, out, "calibration", provenance_note, thresholds=thresholds, drift=drift, **moved)
 
 
 def _check_device_agrees(out: Path, fit: RuleFit, scores: np.ndarray) -> None:

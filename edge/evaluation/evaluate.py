@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from calibration.metrics import reject_metrics
-from edge.runtime.bundle import load_bundle, pixel_size_record
+from edge.runtime.bundle import load_bundle
+from edge.runtime.frame_scale import FrameScale
 from edge.evaluation.detection_data import load_detection_dataset, select_classes
 from edge.evaluation.detection_metrics import Prediction, Truth, evaluate_detection
 from edge.runtime.engine import CLASSIFIER_BATCH, CellCounter
@@ -155,7 +156,8 @@ def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str
                       threads: int | None = None, pixel_size_um: float | None = None) -> dict:
     """Detection and counting figures of the bundle's tiled detector on annotated fields
     (`pixel_size_um`: the fields' pixel size, when it is not the bundle's)."""
-    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
+    scale = FrameScale(load_bundle(bundle_path), pixel_size_um)
+    bundle = scale.bundle
     dataset = select_classes(load_detection_dataset(data, fmt, split=split), classes)
     if len(dataset) == 0:
         raise EvalDataError(f"no images in {data}" + (f" split {split}" if split else ""))
@@ -166,6 +168,7 @@ def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str
             image = as_bgr8(cv2.imread(str(sample.image_path), cv2.IMREAD_UNCHANGED))
         except FrameError as exc:
             raise EvalDataError(f"{sample.image_path}: {exc}") from None
+        counter.follow_scale(scale.observe(image))
         boxes, scores = counter.detect(image)
         preds.append(Prediction(boxes, scores))
         truths.append(Truth(sample.boxes, sample.difficult))
@@ -174,5 +177,5 @@ def evaluate_detector(bundle_path: Path, data: Path, fmt: str, classes: list[str
     report = evaluate_detection(preds, truths, score_threshold=bundle.tiling.score_threshold)
     report["classes"] = classes
     report["bundle"] = str(bundle.root)
-    report["pixel_size"] = pixel_size_record(bundle, pixel_size_um)
+    report["pixel_size"] = scale.record()
     return report

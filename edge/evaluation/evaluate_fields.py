@@ -12,6 +12,8 @@ predictions that the reject option sent to review (`errors_caught`).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,8 +21,9 @@ import numpy as np
 
 from calibration.metrics import reject_metrics
 from edge.runtime.boxes import box_iou
-from edge.runtime.bundle import load_bundle, pixel_size_record
-from edge.runtime.engine import CellCounter
+from edge.runtime.bundle import load_bundle
+from edge.runtime.frame_scale import FrameScale
+from edge.runtime.engine import CellCounter, FieldResult
 from edge.evaluation.evaluate import EvalDataError
 from edge.runtime.frames import FrameError, as_bgr8
 
@@ -59,26 +62,47 @@ def _image_path(data: Path, name: str) -> Path:
     raise EvalDataError(f"field image {name} not found under {data} (JPEGImages/, images/ or the folder itself)")
 
 
+@dataclass(frozen=True)
+class FoundCell:
+    """A labelled cell the detector found: its field, the field's counting result and the matched detection."""
+
+    label: int
+    image: np.ndarray
+    result: FieldResult
+    index: int
+
+
+def found_cells(counter: CellCounter, scale: FrameScale, data: Path, cells: list[tuple[str, int, np.ndarray]],
+                missed: dict[str, int]) -> Iterator[FoundCell]:
+    """Each labelled cell's field through the device path; a cell that no detection matches is
+    counted in `missed` (per class name) and not yielded."""
+    names = counter.bundle.class_names
+    for name, label, box in cells:
+        try:
+            image = as_bgr8(cv2.imread(str(_image_path(data, name)), cv2.IMREAD_UNCHANGED))
+        except FrameError as exc:
+            raise EvalDataError(f"{name}: {exc}") from None
+        counter.follow_scale(scale.observe(image))
+        result = counter.count_field(image)
+        iou = box_iou(box[None], result.boxes)[0] if len(result) else np.zeros(0)
+        if iou.size == 0 or iou.max() < MATCH_IOU:
+            missed[names[label]] = missed.get(names[label], 0) + 1
+            continue
+        yield FoundCell(label, image, result, int(iou.argmax()))
+
+
 def evaluate_field_cells(bundle_path: Path, data: Path, labels: Path, split: str | None = None,
                          backend: str = "onnxruntime", threads: int | None = None,
                          pixel_size_um: float | None = None) -> dict:
     """Figures of the device path on labelled cells in fields (see the module docstring)."""
-    bundle = load_bundle(bundle_path).at_pixel_size(pixel_size_um)
+    scale = FrameScale(load_bundle(bundle_path), pixel_size_um)
+    bundle = scale.bundle
     cells = read_field_labels(labels, bundle.class_names, split)
     truth, scores, missed = [], [], {}
     with CellCounter(bundle, backend=backend, threads=threads) as counter:
-        for name, label, box in cells:
-            try:
-                image = as_bgr8(cv2.imread(str(_image_path(data, name)), cv2.IMREAD_UNCHANGED))
-            except FrameError as exc:
-                raise EvalDataError(f"{name}: {exc}") from None
-            result = counter.count_field(image)
-            iou = box_iou(box[None], result.boxes)[0] if len(result) else np.zeros(0)
-            if iou.size == 0 or iou.max() < MATCH_IOU:
-                missed[bundle.class_names[label]] = missed.get(bundle.class_names[label], 0) + 1
-                continue
-            truth.append(label)
-            scores.append(result.class_scores[int(iou.argmax())])
+        for cell in found_cells(counter, scale, data, cells, missed):
+            truth.append(cell.label)
+            scores.append(cell.result.class_scores[cell.index])
     if not truth:
         raise EvalDataError("the detector found none of the labelled cells")
     decisions = counter.rule.decide(np.stack(scores))
@@ -89,7 +113,7 @@ def evaluate_field_cells(bundle_path: Path, data: Path, labels: Path, split: str
     caught = wrong & ~decisions.accepted
     present = sorted(set(truth))
     return {
-        "pixel_size": pixel_size_record(bundle, pixel_size_um),
+        "pixel_size": scale.record(),
         "labelled_cells": len(cells),
         "found": len(truth),
         "missed_by_detector": missed,

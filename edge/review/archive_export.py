@@ -129,7 +129,7 @@ def _write_members(zf: zipfile.ZipFile, archive_id: str, sessions: list[SessionR
     body = {"format": manifest.FORMAT, "version": manifest.VERSION, "archive_id": archive_id,
             "created": manifest.iso_time(time.time()),
             "sessions": [{"session_id": s.session_id, "bundle_manifest_sha256": s.bundle_manifest_sha256,
-                          "finished": s.finished} for s in sessions],
+                          "finished": s.finished, "differential": s.differential} for s in sessions],
             "class_names": list(names), "label_choices": manifest.label_choices(names), "cells": entries}
     put("manifest.csv", manifest.csv_text(entries, files).encode(), True)
     put("label-studio.json", _json_bytes(label_studio_tasks(body, folder)), True)

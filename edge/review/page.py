@@ -18,6 +18,8 @@ def render_page(manifest: dict, manifest_sha256: str) -> str:
         "labels_version": LABELS_VERSION,
         "class_names": manifest["class_names"],
         "choices": manifest["label_choices"],
+        "sessions": [{"session_id": s["session_id"], "differential": s.get("differential", [])}
+                     for s in manifest.get("sessions", [])],
         "cells": [{k: c[k] for k in ("cell_id", "frame_id", "kind", "suggested", "confidence",
                                      "threshold", "top3", "crop", "context")}
                   for c in manifest["cells"]],

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.counting.differential import differential_lines
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.runtime.class_roles import infer_roles
 from edge.review import ReviewError
@@ -49,6 +50,7 @@ class SessionRecord:
     accepted: list[ReviewCell]
     fields: dict[int, Field]
     class_roles: dict[str, str] = field(default_factory=dict)  # from session.json, else read from the names
+    differential: list[str] = field(default_factory=list)  # results.json's differential, as the terminal shows it
 
     @property
     def review_dir(self) -> Path:
@@ -79,7 +81,14 @@ def read_session(root: Path) -> SessionRecord:
         roles = infer_roles(names)  # a session from before roles were recorded
     return SessionRecord(root, session_id, str(meta.get("bundle_manifest_sha256", "")),
                          names, bool(results.get("finished")), rejected,
-                         _accepted_cells(root / "cells.csv", session_id), fields, roles)
+                         _accepted_cells(root / "cells.csv", session_id), fields, roles,
+                         _differential(results))
+
+
+def _differential(results: dict) -> list[str]:
+    """The session's leukocyte differential as text lines; none from a session that predates it."""
+    d = results.get("leukocyte_differential")
+    return differential_lines(d) if isinstance(d, dict) else []
 
 
 def _class_names(root: Path, meta: dict) -> tuple[str, ...]:

@@ -20,10 +20,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edge.runtime.centroids import EMBEDDINGS, CentroidsSpec, read_centroids, save_centroids
 from edge.runtime.class_roles import check_roles, infer_roles
 from edge.runtime.drift import DriftBands
 from edge.runtime.preprocess import Normalisation
 from edge.runtime.quality import QualityLimits
+from edge.runtime.stain_normaliser import StainReference
 
 log = logging.getLogger("edge.runtime.bundle")
 
@@ -36,8 +40,9 @@ CLASSIFIER_HEADS = ("ccl", "softmax")
 PRECISIONS = ("fp32", "fp16", "int8")
 THRESHOLD_RULES = {"ccl": ("ccl",), "softmax": ("softmax", "icp")}
 THRESHOLD_KEYS = {"global", "target_accuracy", "method", "confidence", "rule", "per_class",
-                  "classifier_sha256", "calibration"}
-TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context", "pixel_size_um"}
+                  "classifier_sha256", "calibration", "centroids_sha256"}
+TILING_KEYS = {"tile_size", "overlap", "scale", "score_threshold", "crop_context", "pixel_size_um",
+               "red_cell_chord_um"}
 
 
 class BundleError(ValueError):
@@ -117,6 +122,7 @@ class Thresholds:
     classifier_sha256: str | None = None
     rule: str | None = None
     confidence: float | None = None
+    centroids_sha256: str | None = None  # the bundle's ccl_centroids file they were fitted with, if any
 
     def for_class(self, name: str) -> float:
         return self.per_class.get(name, self.global_threshold)
@@ -125,7 +131,8 @@ class Thresholds:
         return {"global": self.global_threshold, "target_accuracy": self.target_accuracy,
                 "method": self.method, "confidence": self.confidence, "rule": self.rule,
                 "per_class": {k: v if math.isfinite(v) else "inf" for k, v in self.per_class.items()},
-                "classifier_sha256": self.classifier_sha256, "calibration": self.calibration}
+                "classifier_sha256": self.classifier_sha256, "calibration": self.calibration} | (
+                    {} if self.centroids_sha256 is None else {"centroids_sha256": self.centroids_sha256})
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,18 @@ class Tiling:
     # micrometres per pixel of the camera frames `scale` is for; the detector sees pixel_size_um / scale.
     # None: not stated (the frames must then come from a camera like the bundle's own)
     pixel_size_um: float | None = None
+    # the modal red-cell chord (edge.runtime.red_cell_ruler) in micrometres, as read at the bundle's
+    # own lab; None: the pixel size cannot be estimated from the fields
+    red_cell_chord_um: float | None = None
 
     def to_dict(self) -> dict:
         d = {"tile_size": self.tile_size, "overlap": self.overlap, "scale": self.scale,
              "score_threshold": self.score_threshold, "crop_context": self.crop_context}
-        return d if self.pixel_size_um is None else d | {"pixel_size_um": self.pixel_size_um}
+        if self.pixel_size_um is not None:
+            d["pixel_size_um"] = self.pixel_size_um
+        if self.red_cell_chord_um is not None:
+            d["red_cell_chord_um"] = self.red_cell_chord_um
+        return d
 
     def detector_pixel_size(self) -> float | None:
         """Micrometres per pixel of the frames as the detector sees them (after `scale`)."""
@@ -179,6 +193,8 @@ class Bundle:
     drift: DriftBands | None = None        # expected bands of the drift statistics; None: not fitted
     class_roles: dict[str, str] = field(default_factory=dict)  # class -> leukocyte | nrbc | platelet | other
     class_roles_stated: bool = False       # given by the manifest (else read from the class names)
+    ccl_centroids: CentroidsSpec | None = None  # the device scores with these (edge.runtime.centroids)
+    stain_reference: StainReference | None = None  # views normalised toward it; None: not normalised
 
     def at_pixel_size(self, pixel_size_um: float | None) -> "Bundle":
         """This bundle for a camera of `pixel_size_um` micrometres per pixel (None: unchanged)."""
@@ -210,12 +226,14 @@ def copy_model_files(bundle: Bundle, spec: ModelSpec, root: Path) -> None:
         shutil.copyfile(bundle.root / name, target)
 
 
-def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **changes) -> Bundle:
+def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict,
+                  centroids: np.ndarray | None = None, **changes) -> Bundle:
     """A new bundle at `out`: `bundle`'s models, its manifest with `changes` (any of thresholds,
     tiling, quality, drift) and `note` recorded under provenance[provenance_key]. Written to a
     staging folder, sealed, verified by loading, then moved to `out` (which must not exist, or be an
-    empty folder): a failure leaves no half-written bundle."""
-    unknown = set(changes) - {"thresholds", "tiling", "quality", "drift"}
+    empty folder): a failure leaves no half-written bundle. `centroids` (C, M) replace the CCL
+    centroids file of a bundle with a ccl_centroids section."""
+    unknown = set(changes) - {"thresholds", "tiling", "quality", "drift", "stain_reference", "ccl_centroids"}
     if unknown:
         raise ValueError(f"derive_bundle cannot change {sorted(unknown)}")
     out = Path(out)
@@ -227,8 +245,9 @@ def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **
     try:
         for spec in (bundle.detector, bundle.classifier):
             copy_model_files(bundle, spec, staging)
-        fields = {"thresholds": bundle.thresholds, "tiling": bundle.tiling, "quality": bundle.quality,
-                  "drift": bundle.drift} | changes
+        _place_centroids(bundle, changes.get("ccl_centroids", bundle.ccl_centroids), centroids, staging)
+        fields = {"ccl_centroids": bundle.ccl_centroids, "thresholds": bundle.thresholds, "tiling": bundle.tiling, "quality": bundle.quality,
+                  "drift": bundle.drift, "stain_reference": bundle.stain_reference} | changes
         write_bundle(staging, class_names=list(bundle.class_names), classifier_head=bundle.classifier_head,
                      ccl_sigma=bundle.ccl_sigma, detector=bundle.detector, classifier=bundle.classifier,
                      provenance={**bundle.provenance, provenance_key: note},
@@ -243,12 +262,29 @@ def derive_bundle(bundle: Bundle, out: Path, provenance_key: str, note: dict, **
     return load_bundle(out)
 
 
+def _place_centroids(bundle: Bundle, spec: CentroidsSpec | None, centroids: np.ndarray | None,
+                     root: Path) -> None:
+    """The centroids file of a derived bundle: `centroids` when given, else a copy of `bundle`'s."""
+    if spec is None:
+        if centroids is not None:
+            raise ValueError("new centroids need a ccl_centroids section")
+        return
+    target = Path(root) / spec.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if centroids is not None:
+        save_centroids(target, centroids)
+    else:
+        shutil.copyfile(bundle.root / bundle.ccl_centroids.file, target)
+
+
 def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
                  ccl_sigma: float | None, detector: ModelSpec, classifier: ModelSpec,
                  thresholds: Thresholds, tiling: Tiling, provenance: dict,
                  quality: QualityLimits | None = None, drift: DriftBands | None = None,
-                 class_roles: dict[str, str] | None = None) -> Path:
-    """Write manifest.json for model files already placed in `root`.
+                 class_roles: dict[str, str] | None = None,
+                 stain_reference: StainReference | None = None,
+                 ccl_centroids: CentroidsSpec | None = None) -> Path:
+    """Write manifest.json for model files (and a centroids file) already placed in `root`.
 
     The SHA-256 fields of the specs (and of their TensorRT variants) are
     recomputed from the files, so a caller cannot seal a bundle whose hashes
@@ -279,6 +315,10 @@ def write_bundle(root: Path, *, class_names: list[str], classifier_head: str,
         manifest["drift"] = drift.to_dict()
     if class_roles is not None:
         manifest["class_roles"] = dict(class_roles)
+    if stain_reference is not None:
+        manifest["stain_normalisation"] = stain_reference.to_dict()
+    if ccl_centroids is not None:
+        manifest["ccl_centroids"] = replace(ccl_centroids, sha256=sha256_file(root / ccl_centroids.file)).to_dict()
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return root
 
@@ -309,7 +349,17 @@ def load_bundle(path: str | Path, check_thresholds: bool = True) -> Bundle:
         _verify_file(bundle.root, spec.file, spec.sha256, "model file")
         if spec.tensorrt is not None:
             _verify_file(bundle.root, spec.tensorrt.file, spec.tensorrt.sha256, f"the {role}'s TensorRT variant")
+    if bundle.ccl_centroids is not None:
+        _verify_centroids(bundle.root, bundle.ccl_centroids, len(bundle.class_names))
     return bundle
+
+
+def _verify_centroids(root: Path, spec: CentroidsSpec, classes: int) -> None:
+    _verify_file(root, spec.file, spec.sha256, "centroids file")
+    try:
+        read_centroids(root / spec.file, classes)
+    except ValueError as exc:
+        raise BundleError(f"centroids file {spec.file}: {exc}") from None
 
 
 def _extract_tar(archive: Path) -> Path:
@@ -326,18 +376,6 @@ def _extract_tar(archive: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not (target / MANIFEST).exists():
         return entries[0]
     return target
-
-
-def pixel_size_record(bundle: Bundle, pixel_size_um: float | None) -> dict:
-    """What results.json says about the frames' scale: the pixel size used and where it came from."""
-    tiling = bundle.tiling
-    if pixel_size_um is not None:
-        source = "setting (--pixel-size)"
-    elif tiling.pixel_size_um is not None:
-        source = "the bundle's camera (no --pixel-size given: frames assumed to be at the bundle's scale)"
-    else:
-        source = "not stated (the bundle gives no pixel size; frames assumed to be like its training fields)"
-    return {"um_per_pixel": tiling.pixel_size_um, "source": source, "frame_scale": tiling.scale}
 
 
 def manifest_schema() -> dict:
@@ -364,7 +402,8 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     _require(version == FORMAT_VERSION,
              f"unknown bundle format version {version!r}; this engine reads version {FORMAT_VERSION}")
     known = {"format", "format_version", "class_names", "classifier_head", "ccl_sigma",
-             "models", "thresholds", "tiling", "provenance", "quality", "drift", "class_roles"}
+             "models", "thresholds", "tiling", "provenance", "quality", "drift", "class_roles",
+             "stain_normalisation", "ccl_centroids"}
     extra = sorted(set(m) - known)
     _require(not extra, f"the manifest has unknown fields: {', '.join(extra)}")
 
@@ -386,16 +425,24 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
     classifier = _parse_model("classifier", models["classifier"], root)
     _require(set(detector.outputs) == {"boxes", "scores"},
              "the detector must have outputs 'boxes' and 'scores'")
-    _require(len(classifier.outputs) == 1, "the classifier must have exactly one output")
+    _require(classifier.outputs[0] != EMBEDDINGS and classifier.outputs[1:] in ((), (EMBEDDINGS,)),
+             f"the classifier must have one output, or its scores then {EMBEDDINGS!r}")
+    centroids = _parse_optional("ccl_centroids", m.get("ccl_centroids"), CentroidsSpec.from_dict)
+    if centroids is not None:
+        _require(head == "ccl", "ccl_centroids is only for a CCL head")
+        _require(EMBEDDINGS in classifier.outputs, f"ccl_centroids needs the classifier output {EMBEDDINGS!r} "
+                 "(convert the bundle with `edge export expose-embeddings`)")
+        _parse_file(centroids.file, root, "ccl_centroids.file")
 
     thresholds = _parse_thresholds(m.get("thresholds"), names, head)
     if check_thresholds:
-        _check_thresholds_fit(thresholds, classifier, root)
+        _check_thresholds_fit(thresholds, classifier, root, centroids)
     tiling = _parse_tiling(m.get("tiling"), detector)
     provenance = m.get("provenance")
     _require(isinstance(provenance, dict), "provenance must be an object")
     quality = _parse_optional("quality", m.get("quality"), QualityLimits.from_dict)
     drift = _parse_optional("drift", m.get("drift"), lambda d: DriftBands.from_dict(d, names))
+    stain = _parse_optional("stain_normalisation", m.get("stain_normalisation"), StainReference.from_dict)
     stated = m.get("class_roles")
     try:
         roles = infer_roles(names) if stated is None else check_roles(stated, names)
@@ -406,7 +453,8 @@ def _parse_manifest(m: Any, root: Path, manifest_sha: str, check_thresholds: boo
                   ccl_sigma=float(sigma) if sigma is not None else None,
                   detector=detector, classifier=classifier, thresholds=thresholds,
                   tiling=tiling, provenance=provenance, manifest_sha256=manifest_sha,
-                  quality=quality, drift=drift, class_roles=roles, class_roles_stated=stated is not None)
+                  quality=quality, drift=drift, class_roles=roles, class_roles_stated=stated is not None,
+                  stain_reference=stain, ccl_centroids=centroids)
 
 
 def _parse_optional(name: str, d: Any, parse):
@@ -494,6 +542,9 @@ def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
     sha = d.get("classifier_sha256")
     _require(sha is None or isinstance(sha, str) and len(sha) == 64,
              "thresholds.classifier_sha256 must be a 64-character hex digest")
+    centroids_sha = d.get("centroids_sha256")
+    _require(centroids_sha is None or _is_sha256(centroids_sha),
+             "thresholds.centroids_sha256 must be a 64-character hex digest")
     rule = d.get("rule")
     allowed = THRESHOLD_RULES[head]
     _require(rule is None or rule in allowed,
@@ -504,11 +555,21 @@ def _parse_thresholds(d: Any, names: list[str], head: str) -> Thresholds:
     return Thresholds(float(g), float(target), d["method"],
                       {k: float(v) for k, v in per_class.items()}, calibration,
                       sha.lower() if sha else None, rule,
-                      float(confidence) if confidence is not None else None)
+                      float(confidence) if confidence is not None else None,
+                      centroids_sha.lower() if centroids_sha else None)
 
 
-def _check_thresholds_fit(thresholds: Thresholds, classifier: ModelSpec, root: Path) -> None:
-    """Thresholds belong to the model they were fitted on: refuse them on any other."""
+def _check_thresholds_fit(thresholds: Thresholds, classifier: ModelSpec, root: Path,
+                          centroids: CentroidsSpec | None = None) -> None:
+    """Thresholds belong to the model (and CCL centroids) they were fitted on: refuse them on any other."""
+    bound, stated = thresholds.centroids_sha256, centroids and centroids.sha256
+    if bound != stated:
+        raise BundleError(
+            ("the thresholds do not record the CCL centroids they were fitted with" if bound is None else
+             f"the thresholds were fitted with CCL centroids sha256 {bound[:12]}..., " +
+             ("but the bundle states no ccl_centroids" if stated is None else
+              f"not this bundle's {centroids.file} ({stated[:12]}...)")) +
+            ": refit them on this model with `edge calibrate`")
     fitted = thresholds.classifier_sha256
     if fitted is None:
         log.warning("the thresholds of bundle %s do not record the classifier they were fitted for; "
@@ -537,8 +598,13 @@ def _parse_tiling(d: Any, detector: ModelSpec) -> Tiling:
     pixel = d.get("pixel_size_um")
     _require(pixel is None or _is_finite(pixel) and pixel > 0,
              "tiling.pixel_size_um must be a positive number of micrometres per pixel")
+    chord = d.get("red_cell_chord_um")
+    _require(chord is None or _is_finite(chord) and 1 <= chord <= 15,
+             "tiling.red_cell_chord_um must be a number of micrometres in [1, 15]")
+    _require(chord is None or pixel is not None,
+             "tiling.red_cell_chord_um needs tiling.pixel_size_um: the ruler reads a pixel size")
     return Tiling(tile, overlap, float(scale), float(score), float(context),
-                  None if pixel is None else float(pixel))
+                  None if pixel is None else float(pixel), None if chord is None else float(chord))
 
 
 def _verify_file(root: Path, file: str, sha256: str, what: str) -> None:

@@ -21,9 +21,11 @@ from edge.runtime.backends import BackendError, Runner, open_runner
 from edge.runtime.backends.base import CLASSIFIER_BATCH
 from edge.runtime.bundle import Bundle, BundleError, ModelSpec
 from edge.runtime.cell_view import cell_views, locate_cell
+from edge.runtime.centroids import EMBEDDINGS, ccl_kernel, read_centroids
 from edge.runtime.decision import Decisions, RejectRule
 from edge.runtime.frames import as_bgr8
 from edge.runtime.preprocess import to_model_input
+from edge.runtime.stain_normaliser import StainNormaliser
 from edge.runtime.tiling import TileGrid, cut_tiles, make_grid, stitch
 
 # Tiles per detector call on a CPU backend. A frame's tiles are cut and handed to
@@ -61,6 +63,15 @@ class CellCounter:
         self.classifier = _open_checked(bundle, bundle.classifier, backend, threads,
                                         len(bundle.class_names))
         self.rule = RejectRule(bundle)
+        self.centroids = _centroids_for(bundle, self.classifier)  # None: the graph's own scores
+        self.normaliser = StainNormaliser(bundle.stain_reference) if bundle.stain_reference else None
+
+    def follow_scale(self, bundle: Bundle) -> None:
+        """Count the next frames with `bundle`, this counter's bundle at another pixel size
+        (edge.runtime.frame_scale); frames already cut keep the scale they were cut at."""
+        if bundle.tiling.tile_size != self.bundle.tiling.tile_size or bundle.classifier != self.bundle.classifier:
+            raise ValueError("follow_scale takes the counter's own bundle at another pixel size")
+        self.bundle = bundle
 
     def close(self) -> None:
         self.detector.close()
@@ -98,7 +109,7 @@ class CellCounter:
             scaled = [_rescale(image, tiling.scale) for image in images]
         with clock("tile"):
             grids = [make_grid(s.shape[1], s.shape[0], tiling.tile_size, tiling.overlap) for s in scaled]
-        return FrameTiles(scaled, grids)
+        return FrameTiles(scaled, grids, tiling.scale)
 
     def run_detector(self, tiles: "FrameTiles", batch: int | None = None, clock: Clock = untimed
                      ) -> dict[str, np.ndarray]:
@@ -141,7 +152,7 @@ class CellCounter:
         if not (np.isfinite(scores).all() and np.isfinite(boxes[scores >= tiling.score_threshold]).all()):
             raise FloatingPointError("the detector produced NaN or Inf")
         boxes, scores = stitch(boxes, scores, tiles.grids[k], tiling.score_threshold)
-        return boxes / np.float32(tiling.scale), scores
+        return boxes / np.float32(tiles.scale), scores
 
     def classify(self, image: np.ndarray, boxes: np.ndarray, clock: Clock = untimed) -> np.ndarray:
         """(N, C) class scores for the cells in `boxes`."""
@@ -152,7 +163,8 @@ class CellCounter:
     def crop(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The classifier's view of each cell: (N, S, S, 3) uint8 BGR."""
         size = self.bundle.classifier.input_hw[0]
-        return cell_views(image, boxes, size, self.bundle.tiling.crop_context)
+        views = cell_views(image, boxes, size, self.bundle.tiling.crop_context)
+        return views if self.normaliser is None else self.normaliser.normalise_views(image, views)
 
     def locate_cell(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         """(box, found) of the one cell a single-cell image shows: the detection nearest its centre,
@@ -165,19 +177,38 @@ class CellCounter:
         image = as_bgr8(image)
         box, found = self.locate_cell(image)
         size = size or self.bundle.classifier.input_hw[0]
-        return cell_views(image, box[None], size, self.bundle.tiling.crop_context)[0], found, box
+        view = cell_views(image, box[None], size, self.bundle.tiling.crop_context)
+        if self.normaliser is not None:
+            view = self.normaliser.normalise_views(image, view)
+        return view[0], found, box
 
     def classify_crops(self, crops: np.ndarray, clock: Clock = untimed) -> np.ndarray:
+        """(N, C) class scores: the graph's own, or for a bundle with ccl_centroids the CCL kernel
+        of the classifier's embeddings and the bundle's centroids."""
+        if self.centroids is None:
+            return self._classifier_output(crops, self.bundle.classifier.outputs[0], clock)
+        embeddings = self._classifier_output(crops, EMBEDDINGS, clock)
+        with clock("classify"):
+            return ccl_kernel(embeddings, self.centroids, self.bundle.ccl_sigma)
+
+    def embed_crops(self, crops: np.ndarray, clock: Clock = untimed) -> np.ndarray:
+        """(N, C, M) per-class CCL embeddings, for a bundle with ccl_centroids."""
+        if self.centroids is None:
+            raise BundleError("this bundle states no ccl_centroids; convert it with `edge export expose-embeddings`")
+        return self._classifier_output(crops, EMBEDDINGS, clock)
+
+    def _classifier_output(self, crops: np.ndarray, name: str, clock: Clock) -> np.ndarray:
         spec = self.bundle.classifier
         if len(crops) == 0:
-            return np.zeros((0, len(self.bundle.class_names)), dtype=np.float32)
+            tail = self.centroids.shape if name == EMBEDDINGS else (len(self.bundle.class_names),)
+            return np.zeros((0, *tail), dtype=np.float32)
         # normalised per batch, as the detector's tiles are: a frame may hold thousands of cells
         parts = []
         for i in range(0, len(crops), CLASSIFIER_BATCH):
             with clock("preprocess"):
                 x = to_model_input(crops[i:i + CLASSIFIER_BATCH], None, spec.normalisation)
             with clock("classify"):
-                parts.append(run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[spec.outputs[0]])
+                parts.append(run_batched(self.classifier, spec, x, CLASSIFIER_BATCH)[name])
             del x
         return np.concatenate(parts)
 
@@ -197,6 +228,7 @@ class FrameTiles:
 
     frames: list[np.ndarray]  # (H, W, 3) uint8 BGR
     grids: list[TileGrid]
+    scale: float = 1.0  # the factor the frames were resized by
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.grids)
@@ -233,6 +265,22 @@ def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return image
     return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def _centroids_for(bundle: Bundle, classifier: Runner) -> np.ndarray | None:
+    """The bundle's CCL centroids (C, M), checked against the classifier's embeddings output (B, C, M)."""
+    spec = bundle.ccl_centroids
+    if spec is None:
+        return None
+    try:
+        centroids = read_centroids(bundle.root / spec.file, len(bundle.class_names))
+    except ValueError as exc:
+        raise BundleError(f"centroids file {spec.file}: {exc}") from None
+    shape = {t.name: t for t in classifier.outputs}[EMBEDDINGS].shape
+    if len(shape) != 3 or any(a is not None and a != e for a, e in zip(shape[1:], centroids.shape)):
+        raise BundleError(f"{bundle.classifier.file} outputs embeddings of shape {list(shape)}, "
+                          f"but the centroids file {spec.file} holds {list(centroids.shape)}")
+    return centroids
 
 
 def _open_checked(bundle: Bundle, spec: ModelSpec, backend: str, threads: int | None,
