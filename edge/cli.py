@@ -360,6 +360,9 @@ def _cmd_info(args) -> int:
     if b.tiling.pixel_size_um is not None:
         print(f"pixel size  {b.tiling.pixel_size_um} um per camera pixel; the detector sees "
               f"{b.tiling.detector_pixel_size():.3g} um per pixel (--pixel-size adapts to another camera)")
+        if b.ccl_centroids is not None:
+            print(f"centroids   {b.ccl_centroids.file}: the device computes the CCL kernel from the classifier's "
+                  f"embeddings (edge calibrate --from-review S --adapt-centroids moves them)")
         if b.tiling.red_cell_chord_um is not None:
             print(f"ruler       red cells: modal chord {b.tiling.red_cell_chord_um:.2f} um; without --pixel-size "
                   f"the pixel size is estimated from the fields")
