@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -21,6 +22,7 @@ from edge.runtime.bundle import Bundle
 from edge.runtime.cell_view import cell_views
 from edge.runtime.decision import Decisions, RejectRule
 from edge.runtime.preprocess import to_model_input
+from edge.runtime.stain_normaliser import StainNormaliser
 from export.models.classifier import build_classifier
 
 # The torch checkpoints the synthetic bundle (tests.bundles.SYNTHETIC_BUNDLE) was exported from
@@ -38,18 +40,36 @@ def load_classifier(checkpoint: Path, bundle: Bundle, arch: str = CLASSIFIER_ARC
 
 
 class NaivePipeline:
-    def __init__(self, detector: torch.nn.Module, classifier: torch.nn.Module, bundle: Bundle):
+    """`float32=True` preprocesses tiles in float32 rather than NumPy's float64; `batch_cells=True`
+    classifies all of a field's cells in one torch call rather than one call per cell."""
+
+    def __init__(self, detector: torch.nn.Module, classifier: torch.nn.Module, bundle: Bundle,
+                 float32: bool = False, batch_cells: bool = False):
         self.detector, self.classifier, self.bundle = detector, classifier, bundle
+        self.dtype = np.float32 if float32 else np.float64
+        self.batch_cells = batch_cells
         self.rule = RejectRule(bundle)
+        self.normaliser = StainNormaliser(bundle.stain_reference) if bundle.stain_reference else None
 
     @torch.no_grad()
     def count_field(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, Decisions]:
-        """Boxes (N, 4), class scores (N, C) and decisions for one BGR field (scale 1 bundles)."""
+        """Boxes (N, 4), class scores (N, C) and decisions for one BGR field."""
         t, spec = self.bundle.tiling, self.bundle.classifier
-        boxes = naive_detect(self.detector, image, t.tile_size, t.overlap, t.score_threshold,
-                             self.bundle.detector.normalisation)
-        scores = np.zeros((len(boxes), len(self.bundle.class_names)), np.float32)
-        for i, box in enumerate(boxes):
-            crop = cell_views(image, box[None], spec.input_hw[0], t.crop_context)
-            scores[i] = self.classifier(torch.from_numpy(to_model_input(crop, None, spec.normalisation)))[0].numpy()
+        scaled = image if t.scale == 1 else cv2.resize(image, None, fx=t.scale, fy=t.scale,
+                                                       interpolation=cv2.INTER_AREA)
+        boxes = naive_detect(self.detector, scaled, t.tile_size, t.overlap, t.score_threshold,
+                             self.bundle.detector.normalisation, self.dtype) / np.float32(t.scale)
+        if self.batch_cells:
+            x = to_model_input(self._views(image, boxes), None, spec.normalisation)
+            scores = self.classifier(torch.from_numpy(x)).numpy() if len(boxes) else \
+                np.zeros((0, len(self.bundle.class_names)), np.float32)
+        else:
+            scores = np.zeros((len(boxes), len(self.bundle.class_names)), np.float32)
+            for i, box in enumerate(boxes):
+                x = to_model_input(self._views(image, box[None]), None, spec.normalisation)
+                scores[i] = self.classifier(torch.from_numpy(x))[0].numpy()
         return boxes, scores, self.rule.decide(scores)
+
+    def _views(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        views = cell_views(image, boxes, self.bundle.classifier.input_hw[0], self.bundle.tiling.crop_context)
+        return views if self.normaliser is None else self.normaliser.normalise_views(image, views)

@@ -53,9 +53,10 @@ def bundle_with(detector: torch.nn.Module, folder: Path) -> Path:
     return folder
 
 
-def naive_preprocess(tile_bgr: np.ndarray, norm) -> torch.Tensor:
-    """The preprocessing as a researcher writes it first: NumPy arithmetic on one tile."""
-    x = (tile_bgr[..., ::-1] / 255.0 - np.array(norm.mean)) / np.array(norm.std)
+def naive_preprocess(tile_bgr: np.ndarray, norm, dtype=np.float64) -> torch.Tensor:
+    """The preprocessing as a researcher writes it first: NumPy arithmetic on one tile (in float64,
+    NumPy's default, unless `dtype` says otherwise)."""
+    x = (tile_bgr[..., ::-1].astype(dtype) / dtype(255) - np.array(norm.mean, dtype)) / np.array(norm.std, dtype)
     # contiguous NCHW: a channels-last-strided tensor would make torch's convolutions ~10x
     # slower here, an accident of layout that would flatter the engine
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
@@ -63,11 +64,11 @@ def naive_preprocess(tile_bgr: np.ndarray, norm) -> torch.Tensor:
 
 @torch.no_grad()
 def naive_detect(detector: torch.nn.Module, image: np.ndarray, tile: int, overlap: int,
-                 score_threshold: float, norm) -> np.ndarray:
+                 score_threshold: float, norm, dtype=np.float64) -> np.ndarray:
     grid = make_grid(image.shape[1], image.shape[0], tile, overlap)
     boxes, scores = [], []
     for (x, y), t in zip(grid.origins, cut_tiles(image, grid)):
-        b, s = detector(naive_preprocess(t, norm))
+        b, s = detector(naive_preprocess(t, norm, dtype))
         keep = s[0] >= score_threshold
         boxes.append(b[0][keep] + torch.tensor([x, y, x, y], dtype=torch.float32))
         scores.append(s[0][keep])

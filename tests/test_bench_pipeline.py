@@ -37,7 +37,7 @@ def test_staged_path_counts_exactly_like_count_field(bundle, field):
     assert set(clock.ms) == set(STAGES)
     for stage in ("preprocess", "tile", "detect", "stitch", "crop", "classify", "decide"):
         assert clock.ms[stage] > 0, stage
-    assert clock.ms["grab"] == clock.ms["tally"] == clock.ms["review_io"] == 0  # the run loop's stages
+    assert clock.ms["grab"] == clock.ms["quality"] == clock.ms["tally"] == clock.ms["review_io"] == 0  # the loop's
 
 
 def test_tile_override_counts_like_the_engine_on_the_same_tiling(bundle, field):
@@ -65,3 +65,18 @@ def test_fixed_size_detector_gets_the_frame_resized_for_another_tile(bundle):
     assert (native.tile_size, native.scale, native.overlap) == (512, t.scale, t.overlap)
     with pytest.raises(BundleError, match="larger than the bundle's overlap"):
         tiling_for(bundle, t.overlap, (256, 256))
+
+
+def test_following_the_pixel_size_keeps_the_tile_override(bundle, field):
+    coarser = bundle.at_pixel_size(0.3)  # what edge.runtime.frame_scale hands over after reading red cells
+    with StagedCounter(bundle, threads=1, tile=384) as staged:
+        staged.follow_scale(coarser)
+        expected = tiling_for(coarser, 384, (bundle.tiling.tile_size,) * 2)
+        assert staged.tiling == staged.bundle.tiling == expected
+        assert expected.scale == pytest.approx(1.2 * bundle.tiling.tile_size / 384)
+        result = staged.count(field, StageClock())
+    with CellCounter(replace(coarser, tiling=expected), threads=1) as engine:
+        reference = engine.count_field(field)
+    assert len(result) == len(reference) > 0
+    np.testing.assert_allclose(result.boxes, reference.boxes, atol=1e-3)
+    np.testing.assert_array_equal(result.decisions.predicted, reference.decisions.predicted)

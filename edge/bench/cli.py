@@ -1,11 +1,14 @@
 """`edge-bench`: where the time of the counting path goes, on this machine.
 
-    edge-bench [--bundle B] [--source S] [--frames N] [--frame-size WxH] [--backend NAME]
+    edge-bench [--bundle B] [--source S] [--mosaic AxD] [--frames N] [--frame-size WxH] [--backend NAME]
                [--precision fp32|fp16|int8] [--batch K] [--tile T] [--threads K] [--json OUT]
     edge-bench compare A.json B.json
 
 Warm-up fields first, then every timed field goes through the stages of
-`edge run` (bench_pipeline.STAGES) with the same functions and results. Any of
+`edge run` (bench_pipeline.STAGES) with the same functions and results, the
+field quality gate included. The default source is the real demo fields, at
+the default bundle's scale. When no timed field was counted (all refused by
+the quality gate) the report says so and edge-bench exits with status 1. Any of
 --bundle, --frame-size, --backend, --precision, --batch, --tile and --threads
 may be a comma list: the grid of all combinations is measured in one call.
 With --json OUT the report goes to OUT, a CSV row per run to OUT.csv, and PNG
@@ -25,8 +28,10 @@ import cv2
 
 from edge import DEFAULT_BUNDLE
 from edge.bench.plot import cdf_chart, throughput_chart
-from edge.bench.report import compare_reports, format_report, runs_of, sweep_table, write_csv
+from edge.bench.report import compare_reports, fields_line, format_report, nothing_counted, runs_of, sweep_table, \
+    write_csv
 from edge.bench.run import BenchConfig, run_bench
+from edge.bench.supply import DEMO_FIELDS_SPEC
 from edge.counting.session import SessionError
 
 
@@ -68,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-bench", description="Latency profiling of the counting path "
                                 "(`edge-bench compare A.json B.json` compares two reports).")
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder or .tar (comma list: sweep)")
-    p.add_argument("--source", default="synthetic:seed=100", help="frame source, as for `edge run`")
+    p.add_argument("--source", default=DEMO_FIELDS_SPEC,
+                   help=f"frame source, as for `edge run`, or {DEMO_FIELDS_SPEC} (default): the six real BCCD "
+                   "fields of edge/demo_fields, 640x480; synthetic fields are drawn at the bundle's pixel size")
+    p.add_argument("--mosaic", type=_frame_size, default=None, metavar="AxD",
+                   help="each frame tiles A x D fields of the source (flipped and turned so neighbours "
+                   "differ): 6x6 demo fields make one 3840x2880 frame")
     p.add_argument("--frames", type=int, default=20, help="timed fields (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="fields run before timing starts (default 2)")
     p.add_argument("--frame-size", default=None, help="WxH: synthetic fields are rendered at this size, "
@@ -106,7 +116,7 @@ def _bench(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     points, varying = grid(args)
     base = BenchConfig(bundle=Path(args.bundle), source=args.source, frames=args.frames, warmup=args.warmup,
-                       review_dir=args.review_dir, pixel_size_um=args.pixel_size)
+                       review_dir=args.review_dir, pixel_size_um=args.pixel_size, mosaic=args.mosaic)
     runs = []
     for i, point in enumerate(points):
         if len(points) > 1:
@@ -118,7 +128,12 @@ def _bench(argv: list[str]) -> int:
         print(sweep_table(runs, varying))
     if args.json:
         write_outputs(runs, varying, args.json)
-    return 0
+    empty = [r for r in runs if nothing_counted(r)]
+    for r in empty:
+        point = ", ".join(f"{k} {r[k]}" for k in varying)
+        print(f"edge-bench: no field was counted{' at ' + point if point else ''}, so this times no "
+              f"counting: {fields_line(r).split(': ', 1)[1]}", file=sys.stderr)
+    return 1 if empty else 0
 
 
 def write_outputs(runs: list[dict], varying: list[str], path: Path) -> list[Path]:

@@ -19,7 +19,7 @@ import numpy as np
 from edge.runtime.bundle import Bundle, BundleError, Tiling
 from edge.runtime.engine import DETECTOR_BATCH, CellCounter, Clock, FieldResult, FrameTiles, untimed
 
-STAGES = ("grab", "preprocess", "tile", "detect", "stitch", "crop", "classify", "decide", "tally",
+STAGES = ("grab", "quality", "preprocess", "tile", "detect", "stitch", "crop", "classify", "decide", "tally",
           "review_io")
 
 
@@ -68,13 +68,19 @@ class StagedCounter(CellCounter):
 
     def __init__(self, bundle: Bundle, backend: str = "onnxruntime", threads: int | None = None,
                  batch: int | None = None, tile: int | None = None):
-        shape = bundle.detector.input_shape[2:4]
-        tiling = tiling_for(bundle, tile, tuple(d if d > 0 else None for d in shape))
+        self.tile = tile
+        self.detector_hw = tuple(d if d > 0 else None for d in bundle.detector.input_shape[2:4])
+        tiling = tiling_for(bundle, tile, self.detector_hw)
         bundle = replace(bundle, tiling=tiling)
         super().__init__(bundle, backend, threads, self.batch_for(bundle.detector, batch or DETECTOR_BATCH))
         self.tiling, self.batch = tiling, self.detector_batch
         self.detector_inputs = 0     # tiles run through the detector so far
         self.classifier_inputs = 0   # crops run through the classifier so far
+
+    def follow_scale(self, bundle: Bundle) -> None:
+        """The engine's, with this counter's tile size kept at the new pixel size."""
+        super().follow_scale(replace(bundle, tiling=tiling_for(bundle, self.tile, self.detector_hw)))
+        self.tiling = self.bundle.tiling
 
     def run_detector(self, tiles: FrameTiles, batch: int | None = None, clock: Clock = untimed
                      ) -> dict[str, np.ndarray]:

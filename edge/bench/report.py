@@ -11,9 +11,11 @@ CONFIG_KEYS = ("bundle", "backend", "precision", "threads", "frame_size", "tile"
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['frames']} fields of {r['frame_size']} after {r['warmup']} warm-up, {r['cells']} cells "
-             f"({r['accepted']} counted, {r['rejected']} to review); {r['backend']} {r['precision']}, "
-             f"batch {r['batch']}, tile {r['tile']}, threads {r['threads'] or 'default'}",
+    lines = [f"{r['frames']} fields of {r['frame_size']} after {r['warmup']} warm-up ({r['source']}); "
+             f"{r['backend']} {r['precision']}, batch {r['batch']}, tile {r['tile']}, "
+             f"threads {r['threads'] or 'default'}",
+             fields_line(r),
+             f"{r['cells']} cells ({r['accepted']} counted, {r['rejected']} to review)",
              f"{'stage':<11} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'max ms':>9} {'share':>6}"]
     for name, s in r["stages"].items():
         lines.append(f"{name:<11} {s['p50_ms']:9.3f} {s['p90_ms']:9.3f} {s['p99_ms']:9.3f} "
@@ -33,6 +35,23 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def fields_line(r: dict) -> str:
+    """Fields counted and refused (and why), and the cells found per counted field."""
+    f = r["fields"]
+    refused = (f"{f['refused']} refused by the quality gate ("
+               + ", ".join(f"{check} {n}" for check, n in f["refused_by"].items()) + ")") if f["refused"] else \
+        "none refused" + ("" if r["quality_gate"] else " (the bundle's quality gate is off)")
+    if not f["counted"]:
+        return f"NO FIELD COUNTED: {f['timed']} timed, {refused}"
+    c = f["cells_per_field"]
+    return (f"fields: {f['counted']} of {f['timed']} counted, {refused}; cells per counted field "
+            f"{c['mean']:.1f} (min {c['min']}, max {c['max']})")
+
+
+def nothing_counted(r: dict) -> bool:
+    return r["fields"]["counted"] == 0
+
+
 def _giga(v: float | None) -> str:
     return "n/a" if v is None else f"{v / 1e9:.1f}"
 
@@ -47,16 +66,22 @@ def config_of(r: dict) -> dict:
 
 def sweep_table(runs: list[dict], varying: list[str]) -> str:
     head = "".join(f"{k:>12}" for k in varying)
-    lines = [f"{head} {'cells':>6} {'fields/s':>9} {'cells/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'detect':>7} "
-             f"{'classify':>8} {'det %peak':>9} {'cls %peak':>9}"]
+    lines = [f"{head} {'counted':>7} {'refused':>7} {'cells/fld':>9} {'cells':>6} {'fields/s':>9} {'cells/s':>8} "
+             f"{'p50 ms':>8} {'p99 ms':>8} {'detect':>7} {'classify':>8} {'det %peak':>9} {'cls %peak':>9}"]
     for r in runs:
         roof = r["roofline"]
         lines.append("".join(f"{_short(r[k]):>12}" for k in varying)
-                     + f" {r['cells']:6d} {r['fields_per_s']:9.2f} {r['cells_per_s']:8.0f} {r['latency_ms']['p50']:8.1f} "
+                     + f" {r['fields']['counted']:7d} {r['fields']['refused']:7d} {_cells_per_field(r):>9}"
+                     f" {r['cells']:6d} {r['fields_per_s']:9.2f} {r['cells_per_s']:8.0f} {r['latency_ms']['p50']:8.1f} "
                      f"{r['latency_ms']['p99']:8.1f} {r['stages']['detect']['share']:7.0%} "
                      f"{r['stages']['classify']['share']:8.0%} {_percent(roof['detector']['fraction_of_peak']):>9} "
                      f"{_percent(roof['classifier']['fraction_of_peak']):>9}")
     return "\n".join(lines)
+
+
+def _cells_per_field(r: dict) -> str:
+    c = r["fields"]["cells_per_field"]
+    return "n/a" if c is None else f"{c['mean']:.1f}"
 
 
 def _short(v) -> str:
@@ -67,7 +92,10 @@ def csv_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
         row = config_of(r)
+        f = r["fields"]
         row.update(fields_per_s=r["fields_per_s"], cells_per_s=r["cells_per_s"], cells=r["cells"],
+                   fields_counted=f["counted"], fields_refused=f["refused"],
+                   cells_per_field=f["cells_per_field"]["mean"] if f["cells_per_field"] else None,
                    cpu_use=r["cpu_use"], peak_rss_mb=r["peak_rss_mb"])
         row.update({f"latency_{k}_ms": v for k, v in r["latency_ms"].items()})
         for stage, s in r["stages"].items():

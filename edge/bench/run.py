@@ -7,25 +7,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.bench.machine import Tegrastats, describe_machine
 from edge.bench.pipeline import STAGES, StageClock, StagedCounter
 from edge.bench.roofline import RooflineUnavailable, count_ops, measure_peak
-from edge.runtime.bundle import Bundle, BundleError, load_bundle, pixel_size_record
+from edge.bench.supply import DEMO_FIELDS_SPEC, FrameSupply
+from edge.runtime.bundle import Bundle, BundleError, load_bundle
+from edge.runtime.frame_scale import FrameScale
 from edge.runtime.frames import Frame
+from edge.runtime.quality import QualityGate
+from edge.counting.runloop import quality_limits
 from edge.counting.session import Session
-from edge.counting.sources import DEMO_SPEC, SourceError, SyntheticSource, open_source
 from edge.counting.tally import Tally
-
-RENDERED_BYTES = 256 << 20  # synthetic frames kept in memory at most
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     bundle: Path
-    source: str = "synthetic:seed=100"
+    source: str = DEMO_FIELDS_SPEC
     frames: int = 20
     warmup: int = 2
     frame_size: tuple[int, int] | None = None  # width, height
@@ -36,48 +36,7 @@ class BenchConfig:
     threads: int | None = None
     review_dir: Path | None = None  # where the throwaway session is written (default: the temp folder)
     pixel_size_um: float | None = None  # the frames' pixel size (None: the bundle's)
-
-
-class FrameSupply:
-    """Frames to time. A synthetic source is rendered before timing, since rendering is not
-    grabbing: `grab` then hands out a copy, as a camera driver hands over a buffer. Other
-    sources are read (decoded) at `grab` and reopened when they end."""
-
-    def __init__(self, spec: str, frame_size: tuple[int, int] | None, needed: int):
-        self.spec, self.frame_size = spec, frame_size
-        if frame_size and (spec == "demo" or spec.split(":", 1)[0] == "synthetic"):
-            base = DEMO_SPEC if spec == "demo" else spec
-            spec = base + ("," if ":" in base else ":") + f"width={frame_size[0]},height={frame_size[1]}"
-            self.frame_size = None  # rendered at that size
-        self.source = open_source(spec)
-        self.description = self.source.description
-        self.rendered: list[Frame] = []
-        if isinstance(self.source, SyntheticSource):
-            cfg = self.source.config
-            keep = max(1, min(self.source.frames, needed, RENDERED_BYTES // (cfg.width * cfg.height * 3)))
-            self.rendered = [self.source.read() for _ in range(keep)]
-        self._next = 0
-
-    def grab(self) -> Frame:
-        i = self._next
-        self._next += 1
-        if self.rendered:
-            f = self.rendered[i % len(self.rendered)]
-            return Frame(i, f.image.copy(), time.time(), f.origin)
-        frame = self.source.read()
-        if frame is None:
-            self.source.close()
-            self.source = open_source(self.spec)
-            frame = self.source.read()
-            if frame is None:
-                raise SourceError(f"source {self.spec!r} gave no frames")
-        image = frame.image
-        if self.frame_size:
-            image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
-        return Frame(i, image, frame.timestamp, frame.origin)
-
-    def close(self) -> None:
-        self.source.close()
+    mosaic: tuple[int, int] | None = None  # fields across and down in one frame (edge.bench.mosaic)
 
 
 def check_precision(bundle: Bundle, wanted: str | None) -> str:
@@ -92,10 +51,15 @@ def check_precision(bundle: Bundle, wanted: str | None) -> str:
 def run_bench(cfg: BenchConfig) -> dict:
     if cfg.frames < 1 or cfg.warmup < 0:
         raise ValueError(f"--frames must be at least 1 and --warmup at least 0 (got {cfg.frames}, {cfg.warmup})")
-    bundle = load_bundle(cfg.bundle).at_pixel_size(cfg.pixel_size_um)
+    scale = FrameScale(load_bundle(cfg.bundle), cfg.pixel_size_um)
+    bundle = scale.bundle
     precision = check_precision(bundle, cfg.precision)
-    supply = FrameSupply(cfg.source, cfg.frame_size, cfg.warmup + cfg.frames)
+    limits = quality_limits(bundle.quality, None)
+    gate = QualityGate(limits) if limits.enabled else None
+    supply = FrameSupply(cfg.source, cfg.frame_size, cfg.warmup + cfg.frames, cfg.mosaic,
+                         cfg.pixel_size_um or scale.base.tiling.pixel_size_um)
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
+    outcomes: list[FieldOutcome] = []
     tally = Tally(bundle.class_names)
     try:
         with StagedCounter(bundle, cfg.backend, cfg.threads, cfg.batch, cfg.tile) as counter, \
@@ -103,13 +67,13 @@ def run_bench(cfg: BenchConfig) -> dict:
             session = Session(Path(tmp) / "session", counter.bundle, supply.description)
             try:
                 for _ in range(cfg.warmup):
-                    _time_field(counter, supply, session, Tally(bundle.class_names), StageClock())
+                    _time_field(counter, supply, session, Tally(bundle.class_names), StageClock(), scale, gate)
                 inputs_before = counter.detector_inputs, counter.classifier_inputs
                 with Tegrastats() as tegra:
                     cpu_start, wall_start = time.process_time(), time.perf_counter()
                     for _ in range(cfg.frames):
                         clock = StageClock()
-                        frame = _time_field(counter, supply, session, tally, clock)
+                        outcomes.append(_time_field(counter, supply, session, tally, clock, scale, gate))
                         for stage, ms in clock.ms.items():
                             samples[stage].append(ms)
                     wall = time.perf_counter() - wall_start
@@ -124,8 +88,11 @@ def run_bench(cfg: BenchConfig) -> dict:
         supply.close()
     field_ms = np.sum([samples[s] for s in STAGES], axis=0)
     cells = int(tally.total_accepted + tally.rejected)
+    fields = field_summary(outcomes)
+    frame = outcomes[-1].frame
     return {
         "fields_per_s": cfg.frames / wall,
+        "counted_fields_per_s": fields["counted"] / wall,
         "cells_per_s": cells / wall,
         "latency_ms": percentiles(field_ms),
         "stages": {s: {"p50_ms": float(np.percentile(v, 50)), "p90_ms": float(np.percentile(v, 90)),
@@ -141,13 +108,15 @@ def run_bench(cfg: BenchConfig) -> dict:
         "roofline": roofline,
         "frames": cfg.frames,
         "warmup": cfg.warmup,
+        "fields": fields,
+        "quality_gate": limits.to_dict() if gate is not None else None,
         "cells": cells,
         "accepted": tally.total_accepted,
         "rejected": tally.rejected,
         "counts": tally.counts(),
         "detector_tile_px": tiling.tile_size,
         "frame_scale": tiling.scale,
-        "pixel_size": pixel_size_record(bundle, cfg.pixel_size_um),
+        "pixel_size": scale.record(),
         "cpu_use": cpu / wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "tegrastats": tegra.summary(),
@@ -157,18 +126,49 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class FieldOutcome:
+    frame: Frame
+    cells: int | None                 # cells found; None: refused by the quality gate
+    refused_for: tuple[str, ...] = ()  # the gate's broken checks
+
+
+def field_summary(outcomes: list[FieldOutcome]) -> dict:
+    """Fields counted and refused (by check), and the cells found per counted field."""
+    cells = [o.cells for o in outcomes if o.cells is not None]
+    refused_by: dict[str, int] = {}
+    for o in outcomes:
+        for check in o.refused_for:
+            refused_by[check] = refused_by.get(check, 0) + 1
+    return {"timed": len(outcomes), "counted": len(cells), "refused": len(outcomes) - len(cells),
+            "refused_by": refused_by,
+            "cells_per_field": {"mean": float(np.mean(cells)), "min": min(cells), "max": max(cells)}
+            if cells else None}
+
+
 def _time_field(counter: StagedCounter, supply: FrameSupply, session: Session, tally: Tally,
-                clock: StageClock) -> Frame:
-    """One field through every stage `edge run` goes through; the review I/O is the session's record
-    (review queue, cells.csv, results.json; its own tally update is inside it)."""
+                clock: StageClock, scale: FrameScale, gate: QualityGate | None) -> FieldOutcome:
+    """One field through every stage `edge run` goes through: the quality gate (a refused field is
+    recorded as skipped, as `edge run` does), the pixel-size reading, the counting path, and the
+    session's record (review queue, cells.csv, results.json; its own tally update is inside it)."""
     with clock("grab"):
         frame = supply.grab()
+    if gate is not None:
+        with clock("quality"):
+            quality = gate.check(frame.image)
+        if not quality.passed:
+            with clock("review_io"):
+                session.skip(frame.frame_id, quality.reason)
+            return FieldOutcome(frame, None, quality.checks)
+    if scale.ruler is not None:
+        with clock("preprocess"):
+            counter.follow_scale(scale.observe(frame.image))
     result = counter.count(frame.image, clock)
     with clock("tally"):
         tally.add(result.decisions)
     with clock("review_io"):
         session.record(frame, result)
-    return frame
+    return FieldOutcome(frame, len(result))
 
 
 def percentiles(ms) -> dict:

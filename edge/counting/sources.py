@@ -1,7 +1,9 @@
 """Frame sources, chosen by one string (jetson-inference's videoSource habit).
 
-    synthetic[:frames=N,seed=S,width=W,height=H,vary=0|1]   the smear generator; vary=1 draws
-                                                   blur, noise, uneven light and stain per field
+    synthetic[:frames=N,seed=S,width=W,height=H,vary=0|1,um_per_px=U]   the smear generator; vary=1
+                                                   draws blur, noise, uneven light and stain per field;
+                                                   um_per_px draws the smear at that pixel size
+                                                   (default 0.25, the synthetic bundle's)
     synthetic-stage[:fields=N,step=F,still=K,move=M,...]   a stage touring one large smear
                                                    (edge/counting/stage_source.py)
     demo                                           the built-in demo: six real BCCD smear fields
@@ -38,7 +40,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge.counting.frame_source import FrameSource, ReadTimeout, SourceError, count, parse_options
+from edge.counting.frame_source import FrameSource, ReadTimeout, SourceError, count, number, parse_options
 from edge.runtime.frames import IMAGE_SUFFIXES, Frame, FrameError, as_bgr8
 
 log = logging.getLogger("edge.counting.sources")
@@ -53,12 +55,15 @@ STREAM_TIMEOUTS_MS = (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10000, cv2.CAP_PROP_READ_T
 
 class SyntheticSource(FrameSource):
     def __init__(self, frames: int = 12, seed: int = 0, width: int = 640, height: int = 480,
-                 vary: int = 0):
+                 vary: int = 0, um_per_px: float | None = None):
         from edge.synthetic.smear import SmearConfig
         super().__init__()
         self.config = SmearConfig(width=width, height=height)
+        if um_per_px is not None:
+            self.config = self.config.at_pixel_size(um_per_px)
         self.frames, self.seed, self.vary, self._next = frames, seed, bool(vary), 0
-        self.description = f"synthetic:frames={frames},seed={seed},width={width},height={height},vary={int(vary)}"
+        self.description = (f"synthetic:frames={frames},seed={seed},width={width},height={height},vary={int(vary)}"
+                            + (f",um_per_px={um_per_px:g}" if um_per_px is not None else ""))
         self.last_field = None  # ground truth of the frame last read, for tests and demos
 
     def _read(self, timeout: float | None) -> Frame | None:
@@ -347,6 +352,7 @@ def open_source(spec: str, reconnect: ReconnectPolicy = ReconnectPolicy(),
 def _open_synthetic(spec: str, head: str) -> FrameSource:
     if head == "synthetic":
         make, allowed = SyntheticSource, dict.fromkeys(("frames", "seed", "width", "height", "vary"), count)
+        allowed["um_per_px"] = number
     else:
         from edge.counting.stage_source import STAGE_OPTIONS, StageSource
         make, allowed = StageSource, STAGE_OPTIONS

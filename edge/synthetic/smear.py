@@ -15,7 +15,7 @@ cells and platelets are background.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import cv2
@@ -65,6 +65,17 @@ class SmearConfig:
                 raise ValueError(f"{name} must lie in [0, 1]")
         if abs(self.stain_shift) > 1.0:
             raise ValueError("stain_shift must lie in [-1, 1]")
+
+    def at_pixel_size(self, um_per_px: float) -> "SmearConfig":
+        """The same smear seen by a camera of `um_per_px` micrometres per pixel: cells keep their size
+        in micrometres, and the densities (per megapixel) are rescaled so the smear keeps its cells
+        per square micrometre."""
+        if not um_per_px > 0:
+            raise ValueError("um_per_px must be positive")
+        px_per_um = 1.0 / um_per_px
+        area = (self.px_per_um / px_per_um) ** 2  # megapixels then / megapixels now, for one area
+        return replace(self, px_per_um=px_per_um, nucleated_per_mpx=self.nucleated_per_mpx * area,
+                       rbc_per_mpx=self.rbc_per_mpx * area, platelets_per_mpx=self.platelets_per_mpx * area)
 
 
 @dataclass
