@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,8 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
     with staged_bundle(out) as staging:
         export_onnx(DecodedDetector(model), tile, staging / "detector.onnx", output_names=("boxes", "scores"))
         copy_model_files(source, source.classifier, staging)
+        if source.ccl_centroids is not None:  # the classifier scores against them; the thresholds are bound to them
+            shutil.copyfile(source.root / source.ccl_centroids.file, staging / source.ccl_centroids.file)
         tiling = Tiling(tile, overlap, scale, score_threshold, source.tiling.crop_context)
         provenance = {"data": recipe["data"] or "synthetic smear generator (edge.synthetic.smear) only",
                       "detector_recipe": recipe, "detector_run": str(run), "epoch": int(state["epoch"]),
@@ -91,7 +94,7 @@ def bundle_from_detector_run(run: Path, out: Path, classifier_bundle: Path | Non
         contents = dict(class_names=list(source.class_names), classifier_head=source.classifier_head,
                         ccl_sigma=source.ccl_sigma, classifier=source.classifier, thresholds=source.thresholds,
                         class_roles=source.class_roles if source.class_roles_stated else None,
-                        quality=quality, detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile),
+                        ccl_centroids=source.ccl_centroids, quality=quality, detector=ModelSpec("detector.onnx", "0" * 64, "image", (-1, 3, tile, tile),
                                                             ("boxes", "scores"), normalisation=Normalisation()))
         write_bundle(staging, tiling=tiling, provenance=provenance, **contents)
         if crop_context_from is not None:

@@ -24,6 +24,10 @@ def format_report(r: dict) -> str:
     lines.append(f"{'field':<11} {lat['p50']:9.3f} {lat['p90']:9.3f} {lat['p99']:9.3f} {lat['max']:9.3f}")
     lines.append(f"throughput {r['fields_per_s']:.2f} fields/s, {r['cells_per_s']:.0f} cells/s; "
                  f"CPU use {r['cpu_use']:.2f} cores; peak RSS {r['peak_rss_mb']:.0f} MB")
+    if r.get("background_writes"):
+        w = r["background_writes"]
+        lines.append(f"record writes (background thread, while the next field is counted) "
+                     f"{w['ms_per_field']:.1f} ms per field, {w['share_of_wall']:.1%} of the wall time")
     for model, f in r["roofline"].items():
         lines.append(f"roofline {model:<10} {f['ops_per_input'] / 1e6:8.2f} Mop/input, achieved "
                      f"{_giga(f['achieved_ops_per_s'])} of peak {_giga(f['peak_ops_per_s'])} Gop/s "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable
 
 QUEUE_FIELDS = 4  # records waiting at most: each may hold a field image until its crops are cut
@@ -26,6 +27,7 @@ class RecordWriter:
     def __init__(self, name: str = "record-writer"):
         self._jobs: queue.Queue = queue.Queue(maxsize=QUEUE_FIELDS)
         self._failure: WriteFailed | None = None
+        self.busy_s = 0.0  # time spent writing, for edge-bench
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -57,9 +59,11 @@ class RecordWriter:
                     return
                 frame_id, write = job
                 if self._failure is None:  # after a failure nothing more is written
+                    start = time.perf_counter()
                     try:
                         write()
                     except BaseException as exc:  # raised in the caller's thread by check / drain
                         self._failure = WriteFailed(frame_id, exc)
+                    self.busy_s += time.perf_counter() - start
             finally:
                 self._jobs.task_done()

@@ -245,6 +245,11 @@ class Session:
             self._write_results(finished=False)
             self._last_snapshot = time.monotonic()
 
+    @property
+    def write_seconds(self) -> float:
+        """Time the background writer has spent writing this session's record so far."""
+        return self._writer.busy_s
+
     def flush(self) -> None:
         """Wait until every field handed over is committed (raises SessionError if a write failed)."""
         with self._stop_on_write_failure(None):
