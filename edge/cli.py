@@ -92,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of bytes corrupted on the simulated serial line (--serial sim)")
     run.add_argument("--display", action="store_true",
                      help="show the newest field and the tally in a window (needs OpenCV with a GUI)")
-    run.add_argument("--sequential", action="store_true",
-                     help="run the stages one after another instead of pipelined (for comparison)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--sequential", dest="sequential", action="store_const", const=True, default=None,
+                      help="run the stages one after another")
+    mode.add_argument("--pipelined", dest="sequential", action="store_const", const=False,
+                      help="run the stages in threads, overlapping fields (default: for a live source, or "
+                           "with more than 2 cores; on 2 cores the threads measured no gain)")
     run.add_argument("--quality", action="append", default=[], metavar="KEY=VALUE",
                      help="a field quality gate setting over the bundle's, e.g. min_focus=0.3 or "
                           "max_stain_angle=8 (repeatable; see docs/user-guide.md, The field quality gate)")

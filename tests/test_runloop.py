@@ -13,7 +13,7 @@ from edge.runtime.bundle import load_bundle
 from edge.runtime.engine import CellCounter
 from edge.runtime.frames import Frame
 from edge.counting.pipeline import Pipeline
-from edge.counting.runloop import run_session
+from edge.counting.runloop import pipeline_mode, run_session
 from edge.counting.session import Session, SessionError
 from edge.counting.sources import FrameSource, open_source
 from edge.synthetic.smear import render_field
@@ -38,7 +38,7 @@ def quiet_run(out, **kwargs):
 def reference(tmp_path_factory):
     """One uninterrupted, pipelined run of SOURCE."""
     out = tmp_path_factory.mktemp("ref") / "s"
-    return out, quiet_run(out)
+    return out, quiet_run(out, sequential=False)
 
 
 def test_pipelined_and_sequential_count_the_same_cells(reference, tmp_path):
@@ -48,6 +48,16 @@ def test_pipelined_and_sequential_count_the_same_cells(reference, tmp_path):
     assert cells_of(ref_out) == cells_of(tmp_path / "seq")
     assert ref["loop"]["mode"] == "pipelined" and seq["loop"]["mode"] == "sequential"
     assert ref["frames"]["counted"] == 6 and ref["loop"]["latency_ms"]["p99"] > 0
+
+
+@pytest.mark.parametrize("asked, live, cores, sequential", [
+    (True, True, 8, True), (False, False, 2, False),   # asked for: as asked
+    (None, True, 2, False),                            # a live camera's grab never waits for the loop
+    (None, False, 2, True),                            # two cores: the threads measured no gain
+    (None, False, 8, False)])
+def test_the_pipeline_mode_is_chosen_for_the_source_and_the_cores(monkeypatch, asked, live, cores, sequential):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert pipeline_mode(asked, live) is sequential
 
 
 def test_results_carry_intervals_and_annotated_fields(reference):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ class RunOptions:
     max_fields: int | None = None       # stop after this many fields (counted or skipped)
     target: int | None = None           # stop when this many nucleated cells have been found
     save_fields: bool = True            # annotated fields under <out>/fields/
-    sequential: bool = False            # the stages one after another (the benchmark's reference)
+    sequential: bool | None = None      # the stages one after another; None: chosen (pipeline_mode)
     display: bool = False               # a live window (needs OpenCV with a GUI)
     field_trigger: str = "auto"         # every | still | auto (still for cameras, videos and stages)
     still_seconds: float = 0.3          # how long the image must rest before a field is taken
@@ -65,7 +66,7 @@ class RunOptions:
 def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None, out_dir: Path | None,
                 backend: str = "onnxruntime", threads: int | None = None, max_frames: int | None = None,
                 live=None, *, target: int | None = None, resume: bool = False, save_fields: bool = True,
-                sequential: bool = False, display: bool = False, serial: str | None = None,
+                sequential: bool | None = None, display: bool = False, serial: str | None = None,
                 sim_fields: int = 12, sim_noise: float = 0.0, field_trigger: str = "auto",
                 still_seconds: float = 0.3, quality: dict | None = None,
                 drift_history: Path | None = None, pixel_size_um: float | None = None) -> dict:
@@ -108,6 +109,8 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
         if writer is not None:
             cleanup.callback(writer.close)
         trigger = _field_trigger(options, source, firmware)
+        sequential = pipeline_mode(sequential, source.live)
+        options = replace(options, sequential=sequential)
         pipeline = Pipeline(counter, source, trigger.update if trigger else lambda frame: True,
                             live=source.live, skip_through=session.last_frame_id(), sequential=sequential,
                             quality_gate=QualityGate(limits) if limits.enabled else None,
@@ -131,6 +134,16 @@ def run_session(bundle_path: Path | None, source_spec: str | FrameSource | None,
             progress.finish()
     progress.message(_summary(results))
     return results
+
+
+def pipeline_mode(sequential: bool | None, live: bool) -> bool:
+    """Whether to run the stages one after another. Asked for, or chosen: threads for a live source
+    (its grab must never wait for the loop, or the camera's buffer serves stale frames) and on more
+    than two cores; one after another otherwise, since on two cores ONNX Runtime's own threads
+    already fill both and the pipeline measured no gain (benchmarks/realtime_loop.py)."""
+    if sequential is not None:
+        return sequential
+    return not live and (os.cpu_count() or 1) <= 2
 
 
 def quality_limits(from_bundle: QualityLimits | None, overrides: dict | None) -> QualityLimits:
