@@ -49,3 +49,13 @@ def test_onnxruntime_matches_torch(exported, batch):
     assert got.shape == (batch, 5)
     # D is small at initialisation (about 0.02), so hold it to a relative tolerance too.
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_the_device_runner_lets_idle_workers_sleep(exported, threads):
+    """The two models' pools, the record writer and the loop share the cores: spinning workers
+    halved the throughput on two cores (docs/performance.md)."""
+    from edge.runtime.backends.onnxruntime import OrtRunner
+    runner = OrtRunner(exported[1], threads=threads)
+    options = runner._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
