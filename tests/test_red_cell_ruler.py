@@ -140,3 +140,20 @@ def write_voc(root, fields) -> None:
             f"<annotation><filename>{name}.jpg</filename><size><width>{w}</width><height>{h}</height>"
             f"<depth>3</depth></size>{objects}</annotation>")
     (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(names) + "\n")
+
+
+def test_a_reading_outside_a_microscopes_scale_is_not_used():
+    ruler = PixelSizeRuler(chord_um=5000.0)  # as if the red cells were millimetres across
+    reading = ruler.observe(field_at(4.0, seed=2))
+    assert reading.chord_px is None and "outside a microscope's" in reading.reason
+    assert ruler.pixel_size_um is None and ruler.without_reading == 1
+
+
+def test_an_estimate_the_bundle_cannot_resize_to_is_ignored_and_the_last_scale_kept(ruled):
+    from dataclasses import replace
+    bundle = load_bundle(ruled / "bundle")
+    zoomed = replace(bundle, tiling=replace(bundle.tiling, scale=6.0))  # frames already enlarged 6x
+    scale = FrameScale(zoomed)
+    kept = scale.observe(field_at(1.5, seed=4))  # 0.67 um per pixel would need a 16x resize
+    assert kept is zoomed and scale.ruler.pixel_size_um is None
+    assert "impossible resize" in scale.ruler.last_reason

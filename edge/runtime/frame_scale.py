@@ -7,8 +7,12 @@ with too few red cells leaves the estimate as it was.
 """
 from __future__ import annotations
 
-from edge.runtime.bundle import Bundle
+import logging
+
+from edge.runtime.bundle import Bundle, BundleError
 from edge.runtime.red_cell_ruler import PixelSizeRuler
+
+log = logging.getLogger("edge.frame_scale")
 
 RESCALE_STEP = 0.02  # the tiling follows the estimate once it has moved by more than this share
 
@@ -23,12 +27,18 @@ class FrameScale:
 
     def observe(self, image_bgr) -> Bundle:
         """Reads `image_bgr`'s red cells (when estimating) and returns the bundle to count it with."""
-        if self.ruler is not None:
-            self.ruler.observe(image_bgr)
+        if self.ruler is None:
+            return self.bundle
+        reading = self.ruler.observe(image_bgr)
+        if reading is not None and reading.chord_px is not None:  # a new reading: follow the median
             estimate = self.ruler.pixel_size_um
             current = self.bundle.tiling.pixel_size_um
-            if estimate is not None and abs(estimate / current - 1) > RESCALE_STEP:
-                self.bundle = self.base.at_pixel_size(estimate)
+            if abs(estimate / current - 1) > RESCALE_STEP:
+                try:
+                    self.bundle = self.base.at_pixel_size(estimate)
+                except BundleError as exc:  # not a microscope's scale: what looked like red cells was not
+                    self.ruler.reject_last(f"the estimate would need an impossible resize ({exc})")
+                    log.warning("pixel size estimate %.4g um ignored: %s", estimate, exc)
         return self.bundle
 
     def record(self) -> dict:

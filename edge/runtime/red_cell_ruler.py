@@ -32,6 +32,7 @@ MIN_RED_CELLS = 8          # fewer in a field and its reading is not used
 READ_AREA_PX = 1_000_000   # fields are shrunk to about this many pixels before reading
 MIN_CHORD_PX = 6           # at the reading's resolution; shorter runs are noise
 SETTLED_READINGS = 20      # after this many good readings, read one field in READ_EVERY
+PLAUSIBLE_UM_PER_PX = (0.01, 1.0)  # blood smears are counted between about 10x and 150x objectives
 READ_EVERY = 10
 
 
@@ -119,12 +120,23 @@ class PixelSizeRuler:
         if not self.wants():
             return None
         reading = read_red_cells(image_bgr)
-        if reading.chord_px is None:
-            self.without_reading += 1
-            self.last_reason = reading.reason
-        else:
-            self.estimates.append(self.chord_um / reading.chord_px)
+        if reading.chord_px is not None:
+            estimate = self.chord_um / reading.chord_px
+            lo, hi = PLAUSIBLE_UM_PER_PX
+            if lo <= estimate <= hi:
+                self.estimates.append(estimate)
+                return reading
+            reading = RedCellReading(None, reading.red_cells, f"what was read as red cells gives {estimate:.3g} um "
+                                                              f"per pixel, outside a microscope's {lo}-{hi}")
+        self.without_reading += 1
+        self.last_reason = reading.reason
         return reading
+
+    def reject_last(self, reason: str) -> None:
+        """Take back the last reading (it gave an impossible scale): counted as a field without one."""
+        self.estimates.pop()
+        self.without_reading += 1
+        self.last_reason = reason
 
     @property
     def pixel_size_um(self) -> float | None:
