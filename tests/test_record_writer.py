@@ -55,3 +55,26 @@ def test_the_queue_is_bounded_and_close_finishes_what_was_queued():
     blocked.join(timeout=5)
     writer.close()
     assert done == list(range(1, QUEUE_FIELDS + 1)) + [99]
+
+
+def test_a_session_whose_writer_hit_a_bug_does_not_close_quietly(tmp_path, monkeypatch):
+    import time
+
+    import numpy as np
+
+    from edge.counting.session import Session
+    from edge.runtime.bundle import load_bundle
+    from edge.runtime.engine import CellCounter
+    from edge.runtime.frames import Frame
+    from edge.synthetic.smear import SmearConfig, render_field
+    from tests.helpers import SYNTHETIC_BUNDLE
+
+    bundle = load_bundle(SYNTHETIC_BUNDLE)
+    image = render_field(SmearConfig(), seed=1).image
+    with CellCounter(bundle, threads=1) as counter:
+        result = counter.count_field(image)
+    session = Session(tmp_path / "s", bundle, "test")
+    monkeypatch.setattr(session, "_append_cells_csv", lambda rows, origin: np.zeros(2)[5])  # an IndexError
+    session.record(Frame(0, image, time.time(), "f0"), result)
+    with pytest.raises(IndexError):
+        session.close()

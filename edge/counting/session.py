@@ -285,7 +285,9 @@ class Session:
             self._writer.close()
             try:
                 self._writer.check()
-            except WriteFailed:
+            except WriteFailed as failed:
+                if not isinstance(failed.cause, (OSError, sqlite3.OperationalError)):
+                    raise failed.cause  # a fault of the code, not of the disk: never hidden
                 self.write_failed = True
             if self.write_failed:
                 return self.results(finished=False, stop_reason=stop_reason, loop_stats=loop_stats)
