@@ -122,21 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     site_sub = site.add_subparsers(title="what", metavar="WHAT")
     fit = site_sub.add_parser("fit", help="from the lab's own good fields, without labels: field quality limits "
                                           "(stain, focus), pixel size, drift bands; writes a new verified bundle")
-    _bundle_arg(fit)
-    fit.add_argument("--source", required=True, help="the lab's fields: a folder, a camera, any edge run source")
-    fit.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
-    fit.add_argument("--fields", type=int, default=30, help="read at most this many fields (default 30)")
-    fit.add_argument("--json", type=Path, default=None, help="write the report here too")
+    _site_args(fit, "the lab's fields: a folder, a camera, any edge run source", fields=30)
     _pixel_size_arg(fit)
     _runtime_args(fit)
     fit.set_defaults(handler=_cmd_site_fit)
     ruler = site_sub.add_parser("ruler", help="read the red-cell ruler on fields at the bundle's own pixel size, "
                                               "so devices can estimate their camera's pixel size from the fields")
-    _bundle_arg(ruler)
-    ruler.add_argument("--source", required=True, help="fields at the bundle's pixel size (its own lab's)")
-    ruler.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
-    ruler.add_argument("--fields", type=int, default=1000, help="read at most this many fields (default 1000)")
-    ruler.add_argument("--json", type=Path, default=None, help="write the report here too")
+    _site_args(ruler, "fields at the bundle's pixel size (its own lab's)", fields=1000)
     ruler.set_defaults(handler=_cmd_site_ruler)
     stain = site_sub.add_parser("stain", help="normalise the classifier's views toward the stain of its own "
                                               "training images (or --off); writes a new verified bundle")
@@ -300,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _bundle_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
                    help="model bundle folder or .tar (default: the shipped bundle)")
+
+
+def _site_args(p: argparse.ArgumentParser, source_help: str, fields: int) -> None:
+    """The bundle, the fields to read and the new bundle of an `edge site` command."""
+    _bundle_arg(p)
+    p.add_argument("--source", required=True, help=source_help)
+    p.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist or be empty)")
+    p.add_argument("--fields", type=int, default=fields, help=f"read at most this many fields (default {fields})")
+    p.add_argument("--json", type=Path, default=None, help="write the report here too")
 
 
 def _pixel_size_arg(p: argparse.ArgumentParser) -> None:
