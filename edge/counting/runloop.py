@@ -372,6 +372,17 @@ def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec
             pixel_size_um if pixel_size_um is not None else settings.get("pixel_size_um"))
 
 
+def _pixel_size_lines(record: dict | None) -> list[str]:
+    """The frames' scale, said when it was not simply the bundle's own."""
+    if not record or record.get("um_per_pixel") is None or record["source"].startswith("the bundle's camera (no"):
+        return []
+    estimate = record.get("estimate") or {}
+    low, high = estimate.get("interval95") or (None, None)
+    span = f", 95 % {low:.4f}-{high:.4f}" if low is not None else ""
+    read = f" over {estimate['fields_read']} fields" if estimate.get("fields_read") else ""
+    return [f"  pixel size {record['um_per_pixel']:.4f} um: {record['source']}{read}{span}"]
+
+
 def _summary(results: dict) -> str:
     lines = [f"done ({results.get('stop_reason', 'finished')}): {results['frames']['counted']} fields "
              f"counted, {results['frames']['skipped']} skipped, {results['fields_rejected_for_quality']['count']} "
@@ -379,6 +390,7 @@ def _summary(results: dict) -> str:
     by_check = results["fields_rejected_for_quality"]["by_check"]
     if by_check:
         lines.append("  not counted for quality: " + ", ".join(f"{k} {v}" for k, v in by_check.items()))
+    lines += _pixel_size_lines(results.get("pixel_size"))
     alarms = (results.get("drift") or {}).get("alarms") or []
     for alarm in alarms:
         lines.append(f"  DRIFT ALARM {alarm['message']}")
