@@ -114,7 +114,7 @@ def test_a_field_at_another_magnification_is_counted_without_a_setting(ruled, tm
     assert unruled["recall"] < 0.8 and "no red-cell ruler" in unruled["pixel_size"]["source"]
 
 
-def test_edge_run_records_the_estimate(ruled, tmp_path):
+def test_edge_run_records_the_estimate(ruled, tmp_path, capsys):
     out = tmp_path / "session"
     assert main(["run", "--bundle", str(ruled / "bundle"), "--source", "synthetic:frames=2,seed=4",
                  "--out", str(out), "--no-save-fields", "--threads", "1", "--max-frames", "2"]) in (0, 1)
@@ -122,6 +122,8 @@ def test_edge_run_records_the_estimate(ruled, tmp_path):
     assert record["source"].startswith("estimated from the red cells")
     assert record["um_per_pixel"] == pytest.approx(0.25, rel=0.08)
     assert record["estimate"]["fields_read"] == 2
+    shown = f"pixel size {record['um_per_pixel']:.4f} um: estimated from the red cells in the fields over 2 fields"
+    assert shown in capsys.readouterr().out
 
 
 def write_voc(root, fields) -> None:
