@@ -26,11 +26,11 @@ def field_at(px_per_um: float, seed: int = 0, **config) -> np.ndarray:
 def test_the_modal_chord_follows_the_magnification():
     ratios = []
     for px_per_um in (3.0, 6.0, 12.0):
-        readings = [read_red_cells(field_at(px_per_um, seed=seed)) for seed in range(3)]
+        readings = [read_red_cells(field_at(px_per_um, seed=seed)) for seed in range(5)]
         assert all(r.reason is None and r.red_cells >= 20 for r in readings)
         ratios.append(np.median([r.chord_px for r in readings]) / (RBC_DIAMETER_UM * px_per_um))
     assert 0.8 < min(ratios) and max(ratios) < 1.05
-    assert max(ratios) / min(ratios) < 1.1, ratios  # one ruler at every magnification (3 fields each)
+    assert max(ratios) / min(ratios) < 1.1, ratios  # one ruler at every magnification (5 fields each)
 
 
 def test_a_field_without_red_cells_gives_a_reason_and_the_last_estimate_is_kept():
@@ -159,3 +159,10 @@ def test_an_estimate_the_bundle_cannot_resize_to_is_ignored_and_the_last_scale_k
     kept = scale.observe(field_at(1.5, seed=4))  # 0.67 um per pixel would need a 16x resize
     assert kept is zoomed and scale.ruler.pixel_size_um is None
     assert "impossible resize" in scale.ruler.last_reason
+
+
+def test_crowded_red_cells_with_pale_centres_still_read_a_whole_diameter():
+    """Seed 0 of this crowded smear read half the diameter before the mask was closed (broken rims)."""
+    config = SmearConfig(width=1280, height=960, px_per_um=8.0, rbc_per_mpx=300)
+    reading = read_red_cells(render_field(config, seed=0).image)
+    assert 0.8 < reading.chord_px / (RBC_DIAMETER_UM * 8.0) < 1.05

@@ -64,7 +64,7 @@ def read_red_cells(image_bgr: np.ndarray) -> RedCellReading:
 
 
 def _stained_area(image_bgr: np.ndarray) -> np.ndarray:
-    """Cells against the background: green optical density above Otsu's threshold, holes filled."""
+    """Cells against the background: green optical density above Otsu's threshold, closed, holes filled."""
     green = image_bgr[..., 1].astype(np.float32)
     density = cv2.GaussianBlur(-np.log((green + 1.0) / 256.0), (5, 5), 0)
     top = float(np.percentile(density, 95))
@@ -72,6 +72,8 @@ def _stained_area(image_bgr: np.ndarray) -> np.ndarray:
         return np.zeros(density.shape, np.uint8)
     scaled = (np.clip(density / top, 0, 1) * 255).astype(np.uint8)
     _, mask = cv2.threshold(scaled, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # close rims broken by a pale centre, or the centre is not filled and each cell reads as two half chords
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     outside = np.pad(mask, 1)  # flood the background from the border; what it cannot reach is a hole
     cv2.floodFill(outside, None, (0, 0), 1)
     return mask | (outside[1:-1, 1:-1] == 0).astype(np.uint8)
