@@ -18,13 +18,13 @@ def test_the_demo_counts_real_cells_with_a_provisional_differential(tmp_path):
     assert main(["site", "fit", "--source", str(PBC_LAB), "--out", str(tmp_path / "site"),
                  "--json", str(tmp_path / "fit.json"), "--threads", "1"]) == 0
     fit = json.loads((tmp_path / "fit.json").read_text())
-    assert fit["gate_after"]["passed"] == fit["fields_read"] == 16
+    assert fit["gate_after"]["passed"] == fit["fields_read"] == 18
     assert fit["pixel_size"]["source"].startswith("estimated from the red cells")
 
     results = run_session(tmp_path / "site", str(PBC_LAB), tmp_path / "s", threads=1, save_fields=False,
                           live=io.StringIO())
     d = results["leukocyte_differential"]
-    assert d["leukocytes_accepted"] >= 10 and d["provisional"] == (results["rejected"] > 0)
+    assert d["leukocytes_accepted"] >= 10 and results["rejected"] >= 1 and d["provisional"]
     with open(tmp_path / "s" / "cells.csv", newline="") as fh:
         cells = list(csv.DictReader(fh))
     accepted = [c for c in cells if c["accepted"] == "1"]
