@@ -373,8 +373,9 @@ def _resume_defaults(out_dir: Path | None, bundle_path: Path | None, source_spec
 
 
 def _pixel_size_lines(record: dict | None) -> list[str]:
-    """The frames' scale, said when it was not simply the bundle's own."""
-    if not record or record.get("um_per_pixel") is None or record["source"].startswith("the bundle's camera (no"):
+    """The frames' scale, said when it was given or estimated (not simply the bundle's own)."""
+    given = record and record["source"].startswith("setting")
+    if not record or record.get("um_per_pixel") is None or not (given or "estimate" in record):
         return []
     estimate = record.get("estimate") or {}
     low, high = estimate.get("interval95") or (None, None)

@@ -12,9 +12,8 @@ import cv2
 import numpy as np
 
 from edge.runtime.bundle import derive_bundle, load_bundle
+from edge.runtime.frames import IMAGE_SUFFIXES
 from edge.runtime.stain_normaliser import reference_from_images
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
 class StainReferenceError(ValueError):
